@@ -1,0 +1,1 @@
+"""Benchmarks: quality in the convention of SR papers, and speed/memory side by side."""

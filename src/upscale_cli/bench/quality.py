@@ -1,0 +1,262 @@
+"""Quality figures of an upscaler on a benchmark folder (HR/ + LR_x{s}/, or HR only).
+
+Besides the paper figures of `sr_figures` (PSNR-Y, SSIM-Y, RGB PSNR, sharpness), every model gets
+LR-consistency (does the output shrink back to its input?) and stochastic models also diversity
+(how much their samples differ). `--degrade` makes LR from HR with blur and noise, as DASR's tables do.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from upscale_cli.bench.report import BenchError
+from upscale_cli.errors import InferenceError
+from upscale_cli.metrics import psnr, sr_figures
+from upscale_cli.resize import imresize, quantize
+from upscale_cli.train.data import list_images, load_rgb
+
+BLUR_KERNEL = 21
+DEFAULT_TAU = 0.9  # the temperature of SRFlow's x4 tables
+DEFAULT_SAMPLES = 4
+
+
+@dataclass
+class ImagePair:
+    """One benchmark image: its name, HR and LR as float RGB in [0, 1]."""
+
+    name: str
+    hr: torch.Tensor
+    lr: torch.Tensor
+
+
+def load_pairs(folder: Path, scale: int) -> list[ImagePair]:
+    """Pairs from `folder/HR` + `folder/LR_x{scale}` (LR used as given), or from HR images alone.
+
+    With HR only (no `LR_x{scale}` folder, or `folder` itself holds the images), LR is made with the
+    MATLAB-compatible bicubic and rounded to 8 bits, after cropping HR to a multiple of `scale`.
+    """
+    folder = Path(folder)
+    hr_dir = folder / "HR" if (folder / "HR").is_dir() else folder
+    lr_dir = folder / f"LR_x{scale}"
+    pairs = []
+    for path in list_images(hr_dir):
+        hr = load_rgb(path).float().div(255)
+        if lr_dir.is_dir():
+            lr = load_rgb(lr_dir / path.name).float().div(255)
+        else:
+            hr = crop_to_multiple(hr, scale)
+            lr = quantize(imresize(hr, scale=1 / scale))
+        if tuple(lr.shape[-2:]) != (hr.shape[-2] // scale, hr.shape[-1] // scale):
+            raise ValueError(f"{path.name}: LR {tuple(lr.shape[-2:])} is not HR {tuple(hr.shape[-2:])} / {scale}")
+        pairs.append(ImagePair(path.stem, hr, lr))
+    if not pairs:
+        raise ValueError(f"{hr_dir}: no images")
+    return pairs
+
+
+def crop_to_multiple(image: torch.Tensor, scale: int) -> torch.Tensor:
+    """Drop right and bottom pixels so that both sides are multiples of `scale`."""
+    h, w = (image.shape[-2] // scale) * scale, (image.shape[-1] // scale) * scale
+    return image[..., :h, :w]
+
+
+def mean_figures(figures: list[dict[str, float]]) -> dict[str, float]:
+    """The mean of every figure over a list of per-image (or per-sample) figures."""
+    return {k: math.fsum(f[k] for f in figures) / len(figures) for k in figures[0]}
+
+
+def evaluate(upscale: Callable[[torch.Tensor], torch.Tensor], pairs: list[ImagePair],
+             scale: int) -> dict[str, object]:
+    """Mean and per-image PSNR-Y / SSIM-Y / PSNR-RGB / sharpness of `upscale(lr) -> sr` on `pairs`."""
+    per_image = {}
+    for pair in pairs:
+        sr = upscale(pair.lr)
+        if sr.shape != pair.hr.shape:
+            raise ValueError(f"{pair.name}: output {tuple(sr.shape)} does not match HR {tuple(pair.hr.shape)}")
+        per_image[pair.name] = sr_figures(sr, pair.hr, border=scale)
+    return {"mean": mean_figures(list(per_image.values())), "images": per_image}
+
+
+def lr_consistency(sr: torch.Tensor, lr: torch.Tensor) -> float:
+    """PSNR (dB, RGB, 0..255, whole image) between `lr` and the MATLAB-bicubic downscale of the 8-bit `sr`."""
+    shrunk = imresize(quantize(sr), size=tuple(lr.shape[-2:]))
+    return psnr(shrunk * 255, lr * 255)
+
+
+def diversity(samples: list[torch.Tensor]) -> float:
+    """Mean per-pixel standard deviation across samples (images in [0, 1]), on the 0..255 scale."""
+    if len(samples) < 2:
+        raise ValueError("diversity needs at least two samples")
+    stack = torch.stack([s.double() for s in samples])
+    return stack.std(dim=0, correction=0).mean().item() * 255
+
+
+def gaussian_kernel(sigma: float, size: int = BLUR_KERNEL) -> torch.Tensor:
+    """A normalised isotropic 2-D Gaussian (size x size)."""
+    x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    g = torch.exp(-(x**2) / (2 * sigma**2))
+    kernel = g[:, None] * g[None, :]
+    return kernel / kernel.sum()
+
+
+@dataclass(frozen=True)
+class Degradation:
+    """LR made from HR: Gaussian blur (sigma in HR px, 21x21), MATLAB bicubic downscale, Gaussian noise, 8 bits."""
+
+    blur: float = 0.0
+    noise: float = 0.0  # standard deviation on the 0..255 scale
+
+    @classmethod
+    def parse(cls, spec: str) -> Degradation:
+        """`blur:SIGMA`, `noise:LEVEL`, or both joined by a comma (`blur:1.2,noise:10`)."""
+        values: dict[str, float] = {}
+        for part in spec.split(","):
+            kind, _, amount = part.strip().partition(":")
+            if kind not in ("blur", "noise") or kind in values:
+                raise ValueError(f"{spec!r}: expected blur:SIGMA and/or noise:LEVEL, e.g. blur:1.2,noise:10")
+            try:
+                values[kind] = float(amount)
+            except ValueError:
+                raise ValueError(f"{spec!r}: {kind} needs a number, e.g. {kind}:1.2") from None
+            if not 0 <= values[kind] < 1000:
+                raise ValueError(f"{spec!r}: {kind} must be between 0 and 1000")
+        return cls(**values)
+
+    @property
+    def label(self) -> str:
+        parts = [f"blur:{self.blur:g}"] if self.blur or not self.noise else []
+        return ",".join(parts + ([f"noise:{self.noise:g}"] if self.noise else []))
+
+    def apply(self, hr: torch.Tensor, scale: int, generator: torch.Generator) -> torch.Tensor:
+        """LR (3, H/s, W/s) in [0, 1], rounded to 8 bits, from HR (3, H, W) whose sides are multiples of `scale`."""
+        image = hr.double()
+        if self.blur > 0:
+            pad = BLUR_KERNEL // 2
+            if min(image.shape[-2:]) <= pad:
+                raise ValueError(f"image {tuple(image.shape[-2:])} is too small for the {BLUR_KERNEL}px blur")
+            kernel = gaussian_kernel(self.blur).expand(3, 1, BLUR_KERNEL, BLUR_KERNEL)
+            padded = F.pad(image[None], (pad, pad, pad, pad), mode="reflect")
+            image = F.conv2d(padded, kernel, groups=3)[0]
+        lr = imresize(image, scale=1 / scale)
+        if self.noise > 0:
+            lr = lr + torch.randn(lr.shape, generator=generator, dtype=lr.dtype) * (self.noise / 255)
+        return quantize(lr).float()
+
+
+@dataclass
+class Dataset:
+    """A benchmark folder loaded: its name, its pairs, and where their LR came from."""
+
+    name: str
+    folder: Path
+    pairs: list[ImagePair]
+    lr_source: str  # short label for tables
+    lr_note: str  # one line for the terminal
+
+
+def dataset_name(folder: Path) -> str:
+    """`Set5` for both `.../Set5` and `.../Set5/HR`."""
+    folder = Path(folder).resolve()
+    return folder.parent.name if folder.name == "HR" else folder.name
+
+
+def load_dataset(folder: Path, scale: int, degradation: Degradation | None = None, seed: int = 0) -> Dataset:
+    """Load a folder as `load_pairs` does; with a degradation, LR is remade from HR (noise seeded by `seed`)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise BenchError(f"--data {folder}: no such folder")
+    try:
+        pairs = load_pairs(folder, scale)
+        has_lr = (folder / f"LR_x{scale}").is_dir()
+        if degradation is None:
+            source = f"LR_x{scale}" if has_lr else "bicubic"
+            note = (f"LR_x{scale}/ files used as given" if has_lr
+                    else f"no LR_x{scale}/ folder: LR made from HR with MATLAB bicubic")
+            return Dataset(dataset_name(folder), folder, pairs, source, note)
+        generator = torch.Generator().manual_seed(seed)
+        for pair in pairs:
+            pair.hr = crop_to_multiple(pair.hr, scale)
+            pair.lr = degradation.apply(pair.hr, scale, generator)
+    except (OSError, ValueError) as exc:
+        raise BenchError(f"--data {folder}: {exc}") from None
+    note = f"LR made from HR with {degradation.label} then MATLAB bicubic x1/{scale}"
+    if has_lr:
+        note += f" (the given LR_x{scale}/ files are NOT used)"
+    return Dataset(dataset_name(folder), folder, pairs, degradation.label, note)
+
+
+def open_upscaler(model: str, scale: int, device: str = "auto", precision: str = "fp32",
+                  threads: int | None = None) -> Any:
+    """`load_upscaler`, with an impossible device or precision as a BenchError."""
+    from upscale_cli.engine import load_upscaler
+
+    try:
+        return load_upscaler(model, scale, device, precision, threads=threads)
+    except ValueError as exc:
+        raise BenchError(f"{model} in {precision}: {exc}") from None
+
+
+def tensor_upscaler(upscaler: Any, scale: int, tile: str) -> Callable[..., torch.Tensor]:
+    """`upscaler.upscale` as (3, h, w) tensor -> (3, h*scale, w*scale) tensor; keywords pass through."""
+
+    def run(lr: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        height, width = lr.shape[-2:]
+        out = upscaler.upscale(lr.permute(1, 2, 0).numpy(), width * scale, height * scale, tile, **kwargs)
+        return torch.from_numpy(out).permute(2, 0, 1)
+
+    return run
+
+
+def score_draws(draw: Callable[[torch.Tensor], list[torch.Tensor]], pairs: list[ImagePair],
+                scale: int) -> dict[str, Any]:
+    """Figures of `draw(lr) -> [sr, ...]` per image (averaged over its samples) and their means, plus throughput.
+
+    Each sample gets `sr_figures` and `lr_psnr`; with two or more samples an image also gets `diversity`.
+    """
+    per_image: dict[str, dict[str, float]] = {}
+    seconds, pixels = 0.0, 0
+    for pair in pairs:
+        started = time.perf_counter()
+        outputs = draw(pair.lr)
+        seconds += time.perf_counter() - started
+        for sr in outputs:
+            if sr.shape != pair.hr.shape:
+                raise InferenceError(f"{pair.name}: output {tuple(sr.shape)} does not match HR {tuple(pair.hr.shape)}")
+            pixels += sr.shape[-1] * sr.shape[-2]
+        figures = [{**sr_figures(sr, pair.hr, border=scale), "lr_psnr": lr_consistency(sr, pair.lr)}
+                   for sr in outputs]
+        per_image[pair.name] = mean_figures(figures)
+        if len(outputs) > 1:
+            per_image[pair.name]["diversity"] = diversity(outputs)
+    return {"mean": mean_figures(list(per_image.values())), "images": per_image, "seconds": seconds,
+            "megapixels_per_second": pixels / 1e6 / seconds if seconds > 0 else math.nan}
+
+
+def evaluate_upscaler(upscaler: Any, pairs: list[ImagePair], scale: int, tile: str = "auto",
+                      taus: tuple[float, ...] = (DEFAULT_TAU,), samples: int = DEFAULT_SAMPLES,
+                      seed: int = 0) -> list[dict[str, Any]]:
+    """Score a loaded `Upscaler` after one warm-up image: one result, or one per temperature if stochastic.
+
+    A stochastic upscaler (`.stochastic`, `upscale(..., seed=, tau=)`) draws `samples` outputs per
+    image with seeds `seed`, `seed + 1`, ...; figures are averaged over the samples.
+    """
+    run = tensor_upscaler(upscaler, scale, tile)
+    if not upscaler.stochastic:
+        run(pairs[0].lr)
+        return [{"tau": None, "samples": 1, **score_draws(lambda lr: [run(lr)], pairs, scale)}]
+    results = []
+    for tau in taus:
+        run(pairs[0].lr, seed=seed, tau=tau)
+
+        def draw(lr: torch.Tensor, tau: float = tau) -> list[torch.Tensor]:
+            return [run(lr, seed=seed + i, tau=tau) for i in range(samples)]
+
+        results.append({"tau": tau, "samples": samples, **score_draws(draw, pairs, scale)})
+    return results

@@ -1,0 +1,173 @@
+"""The one checkpoint format: safetensors with metadata that says how to build the network.
+
+Metadata keys (all strings, as safetensors requires):
+  format            "upscale-cli"          format_version  "1"
+  arch              architecture id        scale           native integer scale
+  config            JSON of the architecture's config dataclass
+  name              short model name (e.g. "srgan_x4")
+  training          JSON: command, data, seed, iterations, ...   (how it was made)
+  metrics           JSON: {"Set5": {"psnr_y": ...}, ...}          (measured figures)
+Loading builds the architecture from `arch` + `config` and loads tensors strictly; nothing is guessed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
+from torch import nn
+
+from upscale_cli.archs import get_architecture
+from upscale_cli.errors import CheckpointError
+
+FORMAT = "upscale-cli"
+FORMAT_VERSION = "1"
+_REQUIRED = ("format", "format_version", "arch", "scale", "config")
+
+
+@dataclass
+class CheckpointInfo:
+    """What a checkpoint's metadata says about the model inside."""
+
+    arch: str
+    scale: int
+    config: dict[str, Any]
+    name: str = ""
+    training: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    def to_metadata(self) -> dict[str, str]:
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "arch": self.arch,
+            "scale": str(self.scale),
+            "config": json.dumps(self.config, sort_keys=True),
+            "name": self.name,
+            "training": json.dumps(self.training, sort_keys=True),
+            "metrics": json.dumps(self.metrics, sort_keys=True),
+        }
+
+    @classmethod
+    def from_metadata(cls, path: Path, meta: dict[str, str] | None) -> CheckpointInfo:
+        meta = meta or {}
+        missing = [k for k in _REQUIRED if k not in meta]
+        if missing:
+            raise CheckpointError(f"{path}: not an upscale checkpoint (metadata lacks {', '.join(missing)})")
+        if meta["format"] != FORMAT:
+            raise CheckpointError(f"{path}: metadata format is {meta['format']!r}, expected {FORMAT!r}")
+        if meta["format_version"] != FORMAT_VERSION:
+            raise CheckpointError(
+                f"{path}: checkpoint format version {meta['format_version']} is not supported "
+                f"(this upscale reads version {FORMAT_VERSION})"
+            )
+        try:
+            return cls(
+                arch=meta["arch"],
+                scale=int(meta["scale"]),
+                config=json.loads(meta["config"]),
+                name=meta.get("name", ""),
+                training=json.loads(meta.get("training") or "{}"),
+                metrics=json.loads(meta.get("metrics") or "{}"),
+            )
+        except (ValueError, TypeError) as exc:
+            raise CheckpointError(f"{path}: malformed checkpoint metadata ({exc})") from None
+
+
+def save_checkpoint(path: Path, model: nn.Module, info: CheckpointInfo) -> None:
+    """Write `model`'s tensors and `info` atomically (temporary file in the same folder, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=info.to_metadata())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_info(path: Path) -> CheckpointInfo:
+    """Only the metadata (cheap: the tensors are not read)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            meta = handle.metadata()
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not a safetensors file ({_first_line(exc)})") from None
+    return CheckpointInfo.from_metadata(path, meta)
+
+
+def build_model(info: CheckpointInfo, source: object = "checkpoint") -> nn.Module:
+    """An untrained network of the architecture and config the metadata names (`source` names it in errors)."""
+    try:
+        arch = get_architecture(info.arch)
+    except KeyError as exc:
+        raise CheckpointError(f"{source}: {exc.args[0]}") from None
+    try:
+        config = arch.make_config(info.config)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{source}: bad {info.arch} config ({exc})") from None
+    if getattr(config, "scale", info.scale) != info.scale:
+        raise CheckpointError(f"{source}: metadata scale {info.scale} disagrees with config scale {config.scale}")
+    return arch.build(config)
+
+
+def load_model(path: Path) -> tuple[nn.Module, CheckpointInfo]:
+    """Build the network the checkpoint describes and load its tensors strictly, in eval mode."""
+    path = Path(path)
+    info = read_info(path)
+    model = build_model(info, path)
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: cannot read tensors ({_first_line(exc)})") from None
+    load_strict(model, tensors, path)
+    return model.eval(), info
+
+
+def load_strict(model: nn.Module, tensors: dict[str, torch.Tensor], source: object) -> None:
+    """Load `tensors` into `model`, naming every missing, unexpected or mis-shaped tensor."""
+    expected = model.state_dict()
+    problems = []
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    if missing:
+        problems.append("missing tensors: " + _short_list(missing))
+    if unexpected:
+        problems.append("unexpected tensors: " + _short_list(unexpected))
+    mismatched = [
+        f"{k} {tuple(tensors[k].shape)} vs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in tensors and tensors[k].shape != v.shape
+    ]
+    if mismatched:
+        problems.append("shape mismatches (file vs model): " + _short_list(mismatched))
+    if problems:
+        raise CheckpointError(f"{source}: " + "; ".join(problems))
+    model.load_state_dict(tensors, strict=True)
+
+
+def config_dict(config: Any) -> dict[str, Any]:
+    """A config dataclass as plain JSON-able values."""
+    return asdict(config)
+
+
+def _short_list(items: list[str], limit: int = 6) -> str:
+    shown = ", ".join(items[:limit])
+    return shown + (f" (and {len(items) - limit} more)" if len(items) > limit else "")
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

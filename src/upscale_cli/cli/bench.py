@@ -1,0 +1,259 @@
+"""`upscale bench quality|speed`: paper-style quality figures and speed/memory, side by side for every model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from upscale_cli.cli.common import echo_err, run_guarded
+
+PRECISION_CHOICES = ("fp32", "bf16", "fp16")
+
+
+def comma_list(parse: Callable[[str], Any]) -> Callable[[click.Context, click.Parameter, Any], Any]:
+    """A click callback turning "a,b,c" (or None) into a tuple of parsed items; parse errors are usage errors."""
+
+    def callback(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[Any, ...] | None:
+        if value is None:
+            return None
+        try:
+            items = tuple(parse(item.strip()) for item in value.split(",") if item.strip())
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from None
+        if not items:
+            raise click.BadParameter("give at least one value")
+        return items
+
+    return callback
+
+
+def precision_item(value: str) -> str:
+    if value not in PRECISION_CHOICES:
+        raise ValueError(f"{value!r} is not one of {', '.join(PRECISION_CHOICES)}")
+    return value
+
+
+def tile_item(value: str) -> str:
+    if value in ("none", "auto") or (value.isdigit() and int(value) >= 8):
+        return value
+    raise ValueError(f"{value!r}: a tile is none, auto or a size in LR pixels (>= 8)")
+
+
+def size_item(value: str) -> int:
+    if not value.isdigit() or not 8 <= int(value) <= 8192:
+        raise ValueError(f"{value!r}: a size is a whole number of LR pixels from 8 to 8192")
+    return int(value)
+
+
+def tau_item(value: str) -> float:
+    tau = float(value)
+    if not 0 <= tau <= 2:
+        raise ValueError(f"{value!r}: a temperature is between 0 and 2")
+    return tau
+
+
+def degrade_item(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple[Any, ...]:
+    """Parse every --degrade into a Degradation (the import stays inside: it pulls in torch)."""
+    from upscale_cli.bench.quality import Degradation
+
+    try:
+        return tuple(Degradation.parse(v) for v in values)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@click.group()
+def bench() -> None:
+    """Benchmark models the way SR papers do: quality (PSNR/SSIM) and speed/memory, bicubic alongside.
+
+    \b
+    upscale bench quality --data ../shared/data/val/Set5 --data ../shared/data/val/Set14
+    upscale bench speed --size 128,256 --precision fp32,bf16 --tile none,128
+    """
+
+
+def common_options(function: Callable[..., Any]) -> Callable[..., Any]:
+    """Options both benchmarks take: models, scale, device, threads, JSON output, verbosity."""
+    for option in reversed([
+        click.option("-m", "--model", "models", multiple=True, metavar="NAME|PATH",
+                     help="Model to measure (repeatable). Default: every shipped model. bicubic is always included."),
+        click.option("-x", "--scale", type=click.IntRange(2, 8), default=4, show_default=True,
+                     help="Upscaling factor."),
+        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
+        click.option("--threads", type=click.IntRange(min=1), help="CPU threads for torch (default: torch's choice)."),
+        click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
+                     help="Also write every figure and its settings to this JSON file."),
+        click.option("-v", "--verbose", is_flag=True, help="Tracebacks on errors."),
+    ]):
+        function = option(function)
+    return function
+
+
+@bench.command()
+@click.option("--data", "data", multiple=True, required=True, metavar="DIR",
+              help="Benchmark folder (repeatable): HR images, or HR/ + LR_x{scale}/ as in ../shared/data/val/Set5.")
+@common_options
+@click.option("--precision", "precisions", default="fp32", show_default=True,
+              callback=comma_list(precision_item),
+              help="Comma list of fp32, bf16, fp16. fp32 by default so that figures compare with papers.")
+@click.option("--tile", default="auto", show_default=True, callback=lambda c, p, v: _tile(v),
+              help="none, auto or a tile size in LR pixels.")
+@click.option("--degrade", "degradations", multiple=True, metavar="SPEC", callback=degrade_item,
+              help="Make LR from HR with blur:SIGMA (21x21 Gaussian, before the bicubic downscale) and/or "
+                   "noise:LEVEL (Gaussian std on 0..255, seeded), e.g. blur:1.2,noise:10. Repeatable: one "
+                   "evaluation per spec. Given LR files are then NOT used.")
+@click.option("--tau", "taus", callback=comma_list(tau_item), metavar="T[,T...]",
+              help="Sampling temperatures for stochastic models (default 0.9).")
+@click.option("--samples", type=click.IntRange(min=1), help="Samples per image for stochastic models (default 4).")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Seed of --degrade noise and of stochastic samples.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Draw PSNR-Y against output MP/s to this PNG (needs matplotlib: pip install 'upscale-cli[plot]').")
+def quality(**opts: Any) -> None:
+    """PSNR-Y, SSIM-Y, RGB PSNR, sharpness and LR-consistency of each model on each --data folder.
+
+    Y channel of BT.601 YCbCr, `scale` pixels shaved from each border, SSIM with an 11x11 Gaussian
+    window (sigma 1.5): the convention of SR papers. LR files in LR_x{scale}/ are used as given;
+    without them LR is made with MATLAB-compatible bicubic. Stochastic models also get diversity.
+    """
+    run_guarded(lambda: _quality(opts), opts["verbose"])
+
+
+@bench.command()
+@common_options
+@click.option("--size", "sizes", default="128,256", show_default=True, callback=comma_list(size_item),
+              help="Comma list of input (LR) sizes in pixels; the input is a square crop of that side.")
+@click.option("--precision", "precisions", default="fp32,bf16", show_default=True,
+              callback=comma_list(precision_item), help="Comma list of fp32, bf16, fp16.")
+@click.option("--tile", "tiles", default="none", show_default=True, callback=comma_list(tile_item),
+              help="Comma list of none, auto or tile sizes in LR pixels, e.g. none,128.")
+@click.option("--repeat", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Timed runs per configuration (the median is reported, with min-max).")
+@click.option("--warmup", type=click.IntRange(min=0), default=1, show_default=True,
+              help="Untimed runs first.")
+@click.option("--image", "image_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Input image (default: examples/ or the first Set5/Set14 LR image, else synthetic).")
+@click.option("--isolate/--in-process", default=True, show_default=True,
+              help="Run each configuration in a fresh process, so that its peak memory is its own.")
+def speed(**opts: Any) -> None:
+    """Latency, output megapixels/s and peak memory per model, size, precision and tiling.
+
+    Speed-ups against fp32 and the agreement (PSNR, dB) of each faster precision with fp32 and of
+    tiled with untiled output are measured in the same run, on the same input.
+    """
+    run_guarded(lambda: _speed(opts), opts["verbose"])
+
+
+def _tile(value: str) -> str:
+    try:
+        return tile_item(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def model_list(requested: tuple[str, ...]) -> list[str]:
+    """bicubic first, then the requested models, or every shipped model when none was requested."""
+    from upscale_cli.models import BICUBIC, shipped_weights
+
+    models = list(requested) or list(dict.fromkeys(w.name for w in shipped_weights()))
+    if not requested and not models:
+        echo_err("note: no shipped weights found; measuring bicubic only (use --model NAME|PATH)")
+    return [BICUBIC, *(m for m in dict.fromkeys(models) if m != BICUBIC)]
+
+
+def _quality(opts: dict[str, Any]) -> int:
+    from upscale_cli.bench.quality import (DEFAULT_SAMPLES, DEFAULT_TAU, evaluate_upscaler, load_dataset,
+                                           open_upscaler)
+    from upscale_cli.bench.report import (describe_environment, environment, plot_quality_speed, print_table,
+                                          quality_table, require_matplotlib, write_json)
+
+    if opts["plot_path"]:
+        require_matplotlib()
+    scale = opts["scale"]
+    conditions = opts["degradations"] or (None,)
+    datasets = [load_dataset(Path(folder), scale, condition, opts["seed"])
+                for folder in opts["data"] for condition in conditions]
+    for dataset in datasets:
+        echo_err(f"{dataset.name}: {len(dataset.pairs)} images; {dataset.lr_note}")
+    models = model_list(opts["models"])
+    upscalers = [open_upscaler(model, scale, opts["device"], precision, opts["threads"])
+                 for model in models for precision in _precisions_for(model, opts["precisions"])]
+    deterministic = [u.name for u in upscalers if not u.stochastic]
+    if (opts["taus"] or opts["samples"]) and deterministic:
+        echo_err(f"note: --tau/--samples apply only to stochastic models; {', '.join(dict.fromkeys(deterministic))} "
+                 "are deterministic and are measured once per image")
+    env = environment(upscalers[0].device)
+    echo_err(f"measuring on {describe_environment(env)}")
+    rows = []
+    for dataset in datasets:
+        for upscaler in upscalers:
+            for result in evaluate_upscaler(upscaler, dataset.pairs, scale, opts["tile"],
+                                            opts["taus"] or (DEFAULT_TAU,), opts["samples"] or DEFAULT_SAMPLES,
+                                            opts["seed"]):
+                rows.append({"dataset": dataset.name, "folder": str(dataset.folder), "lr": dataset.lr_source,
+                             "lr_note": dataset.lr_note, "model": upscaler.name,
+                             "model_path": str(upscaler.path) if upscaler.path else None,
+                             "precision": upscaler.precision, "images_count": len(dataset.pairs), **result})
+    print_table(quality_table(rows, scale))
+    settings = {"data": list(opts["data"]), "models": models, "scale": scale,
+                "device": str(upscalers[0].device), "precisions": list(opts["precisions"]), "tile": opts["tile"],
+                "degrade": [d.label for d in opts["degradations"]], "seed": opts["seed"],
+                "tau": list(opts["taus"]) if opts["taus"] else None, "samples": opts["samples"],
+                "threads": opts["threads"], "border": scale, "y_channel": "BT.601 (MATLAB rgb2ycbcr)",
+                "ssim_window": "11x11 Gaussian, sigma 1.5", "lr_psnr": "RGB, whole image, MATLAB bicubic of 8-bit SR"}
+    if opts["json_path"]:
+        write_json(opts["json_path"], {"benchmark": "quality", "settings": settings, "environment": env,
+                                       "results": rows})
+        echo_err(f"wrote {opts['json_path']}")
+    if opts["plot_path"]:
+        plot_quality_speed(rows, opts["plot_path"], f"x{scale} quality against speed on {describe_environment(env)}")
+        echo_err(f"wrote {opts['plot_path']}")
+    return 0
+
+
+def _precisions_for(model: str, precisions: tuple[str, ...]) -> tuple[str, ...]:
+    """bicubic has no reduced-precision path: it is measured once, in fp32."""
+    from upscale_cli.models import BICUBIC
+
+    return ("fp32",) if model == BICUBIC else precisions
+
+
+def _speed(opts: dict[str, Any]) -> int:
+    import torch
+
+    from upscale_cli.bench.report import describe_environment, environment, print_table, speed_table, write_json
+    from upscale_cli.bench.quality import open_upscaler
+    from upscale_cli.bench.speed import choose_input, configurations, run_speed
+
+    if opts["threads"]:
+        torch.set_num_threads(opts["threads"])
+    models = model_list(opts["models"])
+    common = {"scale": opts["scale"], "device": opts["device"], "threads": opts["threads"],
+              "repeat": opts["repeat"], "warmup": opts["warmup"]}
+    # Load every model once here, so that unknown models and impossible precisions fail before any measuring.
+    upscalers = [open_upscaler(model, opts["scale"], opts["device"], precision, opts["threads"])
+                 for model in models for precision in _precisions_for(model, opts["precisions"])]
+    image, source, real = choose_input(opts["image_path"])
+    env = environment(upscalers[0].device)
+    echo_err(f"measuring on {describe_environment(env)}; input {source}"
+             + ("" if real else " (agreement figures are on a synthetic image)"))
+    configs = configurations(models, list(opts["sizes"]), list(opts["precisions"]), list(opts["tiles"]), **common)
+    rows = run_speed(configs, image, opts["isolate"], lambda r: echo_err(
+        f"  {r['model']} {r['size']}px {r['precision']} tile={r['tile']}: {r['latency_ms']['median']:.1f} ms, "
+        f"{r['megapixels_per_second']:.3f} MP/s"))
+    memory_note = ("each configuration in a fresh process" if opts["isolate"] else
+                   "all in one process: a configuration shows only growth beyond earlier peaks; see --isolate")
+    print_table(speed_table(rows, memory_note))
+    if opts["json_path"]:
+        settings = {"models": models, "sizes": list(opts["sizes"]), "precisions": list(opts["precisions"]),
+                    "tiles": list(opts["tiles"]), "repeat": opts["repeat"], "warmup": opts["warmup"],
+                    "scale": opts["scale"], "device": env["device"], "threads": opts["threads"],
+                    "isolate": opts["isolate"], "input": source, "input_is_real": real,
+                    "agreement": "PSNR (dB, RGB, 8-bit outputs) against fp32 with the same tile / untiled "
+                                 "with the same precision", "memory": memory_note}
+        write_json(opts["json_path"], {"benchmark": "speed", "settings": settings, "environment": env,
+                                       "results": rows})
+        echo_err(f"wrote {opts['json_path']}")
+    return 0

@@ -1,0 +1,36 @@
+"""Pieces shared by the subcommands: stderr output and the error boundary."""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from typing import Callable, NoReturn
+
+import click
+
+from upscale_cli.errors import ExitCode, UpscaleError
+
+
+def echo_err(message: str) -> None:
+    """Status and errors go to stderr; stdout is kept for results (JSON, image bytes)."""
+    click.echo(message, err=True)
+
+
+def fail(exc: BaseException, verbose: bool, code: int) -> NoReturn:
+    """Print `exc` as one line (a traceback too with --verbose) and exit with `code`."""
+    if verbose:
+        traceback.print_exception(exc, file=sys.stderr)
+    echo_err(f"error: {exc}")
+    sys.exit(code)
+
+
+def run_guarded(body: Callable[[], int | None], verbose: bool) -> None:
+    """Run a command body; typed errors become one-line messages with their exit code."""
+    try:
+        code = body()
+    except UpscaleError as exc:
+        fail(exc, verbose, int(exc.exit_code))
+    except KeyboardInterrupt:
+        echo_err("interrupted")
+        sys.exit(int(ExitCode.INTERRUPTED))
+    sys.exit(int(code or 0))

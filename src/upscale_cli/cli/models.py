@@ -1,0 +1,88 @@
+"""`upscale models`: the models this install can run, with their measured figures."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+from upscale_cli.cli.common import run_guarded
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of a table.")
+@click.option("-v", "--verbose", is_flag=True, help="Show tracebacks.")
+def models(as_json: bool, verbose: bool) -> None:
+    """List registered models: scale, architecture, parameters, weights file and measured quality."""
+    run_guarded(lambda: _list(as_json), verbose)
+
+
+def describe_models() -> list[dict[str, Any]]:
+    """One entry per model name and scale, including known models whose weights are missing."""
+    from safetensors import safe_open
+
+    from upscale_cli.checkpoint import read_info
+    from upscale_cli.errors import CheckpointError
+    from upscale_cli.models import BICUBIC, KNOWN_MODELS, shipped_weights
+
+    rows: list[dict[str, Any]] = [{
+        "name": BICUBIC, "scale": None, "arch": "MATLAB bicubic", "params": 0, "file": None,
+        "size_bytes": 0, "metrics": {}, "status": "built-in", "about": "baseline, no weights"}]
+    seen = set()
+    for weights in shipped_weights():
+        seen.add(weights.name)
+        row: dict[str, Any] = {"name": weights.name, "scale": weights.scale, "file": str(weights.path),
+                               "size_bytes": weights.path.stat().st_size,
+                               "about": KNOWN_MODELS.get(weights.name, ("", "user weights"))[1]}
+        try:
+            info = read_info(weights.path)
+            with safe_open(str(weights.path), framework="pt") as handle:
+                params = sum(_numel(handle.get_slice(k).get_shape()) for k in handle.keys()
+                             if not k.endswith(("running_mean", "running_var", "num_batches_tracked")))
+            row.update(arch=info.arch, params=params, metrics=info.metrics, status="ok",
+                       iterations=info.training.get("iterations"))
+        except CheckpointError as exc:
+            row.update(arch=None, params=None, metrics={}, status=f"unreadable: {exc}")
+        rows.append(row)
+    for name, (arch, about) in KNOWN_MODELS.items():
+        if name not in seen:
+            rows.append({"name": name, "scale": None, "arch": arch, "params": None, "file": None,
+                         "size_bytes": None, "metrics": {}, "status": "weights missing", "about": about})
+    return rows
+
+
+def _numel(shape: list[int]) -> int:
+    count = 1
+    for dim in shape:
+        count *= dim
+    return count
+
+
+def _headline(metrics: dict[str, Any]) -> str:
+    """'Set5 31.20/0.880' style summary of the PSNR-Y / SSIM-Y figures stored in the metadata."""
+    parts = []
+    for dataset, figures in sorted(metrics.items()):
+        if isinstance(figures, dict) and "psnr_y" in figures:
+            parts.append(f"{dataset} {figures['psnr_y']:.2f}/{figures.get('ssim_y', float('nan')):.4f}")
+    return ", ".join(parts) or "-"
+
+
+def _list(as_json: bool) -> int:
+    rows = describe_models()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="upscale models (PSNR-Y dB / SSIM-Y, x4, official LR files)")
+    for column in ("name", "scale", "arch", "params", "file", "size", "quality", "status"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(row["name"], f"x{row['scale']}" if row["scale"] else "any", str(row["arch"] or "-"),
+                      f"{row['params'] / 1e6:.2f} M" if row.get("params") else "-", row["file"] or "-",
+                      f"{row['size_bytes'] / 1e6:.1f} MB" if row.get("size_bytes") else "-",
+                      _headline(row.get("metrics", {})), row["status"])
+    Console().print(table)
+    return 0

@@ -1,0 +1,114 @@
+"""`upscale train`: train a model on a folder of HR photos, resumable, and export safetensors weights."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+import click
+
+from upscale_cli.cli.common import echo_err, run_guarded
+from upscale_cli.errors import ExitCode, UpscaleError
+
+DEFAULT_VAL = Path("../shared/data/val/Set5")
+_OPTION_FIELDS = ("data", "val", "scale", "iters", "batch", "patch", "lr", "init", "seed", "precision",
+                  "loss", "vgg_weights")
+
+
+class TrainingError(UpscaleError):
+    exit_code = ExitCode.SOME_FAILED
+
+
+@click.command()
+@click.option("-m", "--model", "model", default=None, help="Recipe: srresnet, srgan.")
+@click.option("--data", type=click.Path(exists=True, file_okay=False), help="Folder of HR training images.")
+@click.option("--val", type=click.Path(exists=True, file_okay=False),
+              help=f"HR/ + LR_x4/ validation folder (default {DEFAULT_VAL} when present).")
+@click.option("--scale", type=int, help="Upscaling factor (default 4).")
+@click.option("--iters", type=int, help="Total optimiser steps.")
+@click.option("--batch", type=int, help="Patches per step (per process).")
+@click.option("--patch", type=int, help="HR patch size in pixels.")
+@click.option("--lr", type=float, help="Peak learning rate.")
+@click.option("--loss", type=click.Choice(["l1", "mse"]), help="Pixel loss.")
+@click.option("--out", type=click.Path(dir_okay=False), help="Where to write the exported weights.")
+@click.option("--run-dir", type=click.Path(file_okay=False), help="Run directory (default runs/MODEL_xSCALE).")
+@click.option("--resume", is_flag=False, flag_value="", default=None, metavar="[DIR]",
+              help="Continue the run in DIR (or --run-dir) from its saved state.")
+@click.option("--init", type=click.Path(exists=True, dir_okay=False), help="Generator weights to start from.")
+@click.option("--vgg-weights", type=click.Path(exists=True, dir_okay=False),
+              help="VGG19 weights (torchvision layout, safetensors or .pth) for the VGG content loss.")
+@click.option("--seed", type=int, help="Seed for initialisation and patch sampling.")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), help="Training precision.")
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), help="TOML settings file.")
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="Override any setting (repeatable).")
+@click.option("-v", "--verbose", is_flag=True, help="Show tracebacks.")
+def train(model: str | None, out: str | None, run_dir: str | None, resume: str | None,
+          config_file: str | None, settings: tuple[str, ...], verbose: bool, **options: object) -> None:
+    """Train MODEL on a folder of photos; Ctrl-C saves the state, --resume continues bit for bit.
+
+    Run on several processes with: torchrun --nproc_per_node N -m upscale_cli train ...
+    """
+    command = "upscale " + shlex.join(["train", *sys.argv[sys.argv.index("train") + 1:]]) \
+        if "train" in sys.argv else "upscale train"
+    run_guarded(lambda: _train(model, out, run_dir, resume, config_file, settings, options, command), verbose)
+
+
+def _train(model: str | None, out: str | None, run_dir: str | None, resume: str | None,
+           config_file: str | None, settings: tuple[str, ...], options: dict[str, object],
+           command: str) -> int:
+    import json
+
+    from upscale_cli.train.config import TrainConfig, apply_settings, parse_set_options, read_toml
+    from upscale_cli.train.loop import Trainer, TrainingInterrupted
+
+    given = {k: v for k, v in options.items() if v is not None and k in _OPTION_FIELDS}
+    if model:
+        given["model"] = model
+    try:
+        if resume is not None:
+            run_path = Path(resume or run_dir or "")
+            if not (run_path / "state.pt").is_file():
+                raise click.BadParameter(f"{run_path}: no state.pt to resume from", param_hint="--resume")
+            config = apply_settings(TrainConfig(), json.loads((run_path / "config.json").read_text()))
+        else:
+            config = TrainConfig()
+            if config_file:
+                config = apply_settings(config, read_toml(Path(config_file)))
+        config = apply_settings(config, given)
+        config = apply_settings(config, parse_set_options(settings), strings=True)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    if not config.data:
+        raise click.UsageError("--data is required (a folder of HR images)")
+    if not config.val and DEFAULT_VAL.is_dir() and resume is None:
+        config = apply_settings(config, {"val": str(DEFAULT_VAL)})
+    run_path = Path(resume or run_dir or f"runs/{config.model}_x{config.scale}")
+    if resume is None and (run_path / "state.pt").exists():
+        raise click.UsageError(f"{run_path} holds a run already: use --resume, or another --run-dir")
+
+    trainer = Trainer(config, run_path, command, validate=_validator(config))
+    try:
+        exported = trainer.run(resume=resume is not None)
+    except TrainingInterrupted as exc:
+        echo_err(str(exc))
+        return int(ExitCode.INTERRUPTED)
+    if out and trainer.dist.main:
+        _copy_final(exported, Path(out), trainer)
+    return 0
+
+
+def _validator(config: object):
+    """Validation on the run's val folder: PSNR/SSIM-Y of the EMA generator in fp32."""
+    from upscale_cli.train.validate import make_validator
+
+    return make_validator(config)
+
+
+def _copy_final(source: Path, out: Path, trainer: object) -> None:
+    """Write the final weights to `out`, with the best validation figures in the metadata."""
+    from upscale_cli.checkpoint import load_model, save_checkpoint
+
+    model, info = load_model(source)
+    save_checkpoint(out, model, info)
+    echo_err(f"wrote {out} ({info.name}, step {info.training.get('iterations')})")

@@ -1,0 +1,68 @@
+"""Choosing the device and the numeric precision, and the autocast context that applies it."""
+
+from __future__ import annotations
+
+import contextlib
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@lru_cache(maxsize=1)
+def cpu_has_native_bf16() -> bool:
+    """True on CPUs with AMX-BF16 or AVX-512 BF16, where bf16 matmuls run natively and fast."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` is the first CUDA device when there is one, else the CPU; `cuda:N` is checked to exist."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("CUDA was asked for but no CUDA device is available")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"{name}: only {torch.cuda.device_count()} CUDA device(s) present")
+    elif device.type != "cpu":
+        raise ValueError(f"unsupported device {name!r} (use auto, cpu, cuda or cuda:N)")
+    return device
+
+
+def resolve_precision(name: str, device: torch.device, supports_half: bool = True) -> str:
+    """The concrete precision for `auto`, and refusals for combinations that cannot work.
+
+    auto: bf16 on CPUs with native bf16, fp32 on other CPUs, bf16 (or fp16 without bf16 support)
+    on CUDA; fp32 for models that do not support reduced precision. fp16 is never used on the CPU.
+    """
+    if name not in PRECISIONS:
+        raise ValueError(f"unknown precision {name!r} (use {', '.join(PRECISIONS)})")
+    if name == "auto":
+        if not supports_half:
+            return "fp32"
+        if device.type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "bf16" if cpu_has_native_bf16() else "fp32"
+    if name == "fp16" and device.type == "cpu":
+        raise ValueError("fp16 is not supported on the CPU (use bf16 or fp32)")
+    return name
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """Mixed-precision context for `precision` (a no-op for fp32)."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=_DTYPES[precision])
+
+
+def channels_last_helps(device: torch.device, precision: str) -> bool:
+    """channels_last is what makes oneDNN's bf16 convolutions fast on the CPU (and tensor cores on CUDA)."""
+    return precision != "fp32" or device.type == "cuda"

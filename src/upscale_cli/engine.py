@@ -1,0 +1,124 @@
+"""From a model name to upscaled pixels: load the network, pick device and precision, run it tiled.
+
+`Upscaler` is what the CLI and the benchmarks hold: it knows its native scale, runs as many tiled
+passes as a requested factor needs, and resamples to the exact target size with Lanczos.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from upscale_cli.archs import get_architecture
+from upscale_cli.checkpoint import CheckpointInfo, load_model
+from upscale_cli.device import autocast, channels_last_helps, resolve_device, resolve_precision
+from upscale_cli.image_io import lanczos_resize
+from upscale_cli.models import BICUBIC, find_weights, looks_like_path
+from upscale_cli.resize import imresize
+from upscale_cli.tiler import Window, auto_tile_size, available_memory, upscale_tiled
+
+DEFAULT_OVERLAP = 16
+
+
+class NetworkRunner:
+    """Runs a feed-forward SR network on tiles (the TileRunner of every deterministic model)."""
+
+    def __init__(self, module: nn.Module, scale: int, device: torch.device, precision: str) -> None:
+        self.scale = scale
+        self.device = device
+        self.channels_last = channels_last_helps(device, precision)
+        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        self.module = module.eval().requires_grad_(False).to(device, memory_format=memory_format)
+
+    def prepare(self, image: torch.Tensor) -> object:
+        return None
+
+    @torch.inference_mode()
+    def run_tile(self, tile: torch.Tensor, state: object, windows: list[Window], precision: str) -> torch.Tensor:
+        x = tile.to(self.device)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(self.device, precision):
+            out = self.module(x)
+        return out.float().cpu().contiguous()
+
+
+@dataclass
+class Upscaler:
+    """A loaded model ready to upscale whole images."""
+
+    name: str
+    scale: int
+    device: torch.device
+    precision: str
+    runner: NetworkRunner | None  # None for the bicubic baseline
+    info: CheckpointInfo | None = None
+    path: Path | None = None
+    overlap: int = DEFAULT_OVERLAP
+    tile: int | None = None  # None: whole image at once
+    bytes_per_lr_pixel: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def stochastic(self) -> bool:
+        return False
+
+    def choose_tile(self, spec: str, height: int, width: int) -> int | None:
+        """`none`, an explicit size, or `auto`: the largest tile the free memory allows (None if the image fits)."""
+        if spec == "none" or self.runner is None:
+            return None
+        if spec != "auto":
+            return int(spec)
+        tile = auto_tile_size(self.bytes_per_lr_pixel, available_memory(self.device), self.overlap, self.precision)
+        return None if max(height, width) <= tile else tile
+
+    def upscale(self, rgb: np.ndarray, out_width: int, out_height: int, tile_spec: str = "auto",
+                on_tile: Callable[[int, int], None] | None = None,
+                warn: Callable[[str], None] | None = None) -> np.ndarray:
+        """Float RGB (H, W, 3) in [0, 1] to (out_height, out_width, 3), unclamped float32."""
+        image = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))[None].float()
+        if self.runner is None:
+            return imresize(image[0], size=(out_height, out_width)).permute(1, 2, 0).numpy()
+        height, width = image.shape[-2:]
+        factor = max(out_width / width, out_height / height)
+        passes = max(1, math.ceil(math.log(factor) / math.log(self.scale) - 1e-9)) if factor > 1 else 1
+        for _ in range(passes):
+            tile = self.choose_tile(tile_spec, *image.shape[-2:])
+            image = upscale_tiled(self.runner, image, tile=tile, overlap=self.overlap, precision=self.precision,
+                                  on_tile=on_tile, warn=warn)
+        result = image[0].permute(1, 2, 0).numpy()
+        if result.shape[:2] != (out_height, out_width):
+            result = lanczos_resize(result, out_width, out_height)
+        return result
+
+
+def load_upscaler(model: str, scale: float | None = None, device: str = "auto", precision: str = "auto",
+                  overlap: int | None = None, threads: int | None = None) -> Upscaler:
+    """Load `model` (a name, `bicubic`, or a .safetensors path) onto `device` at `precision`."""
+    if threads:
+        torch.set_num_threads(threads)
+    torch_device = resolve_device(device)
+    if model == BICUBIC:
+        return Upscaler(BICUBIC, 4, torch_device, "fp32", None)
+    path = Path(model) if looks_like_path(model) else find_weights(model, scale)
+    module, info = load_model(path)
+    arch = get_architecture(info.arch)
+    config = arch.make_config(info.config)
+    chosen = resolve_precision(precision, torch_device, arch.supports_half)
+    return Upscaler(
+        name=model if not looks_like_path(model) else (info.name or path.stem),
+        scale=info.scale,
+        device=torch_device,
+        precision=chosen,
+        runner=NetworkRunner(module, info.scale, torch_device, chosen),
+        info=info,
+        path=path,
+        overlap=DEFAULT_OVERLAP if overlap is None else overlap,
+        bytes_per_lr_pixel=arch.bytes_per_lr_pixel(config),
+    )

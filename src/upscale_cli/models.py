@@ -1,0 +1,76 @@
+"""Named models: which weights file a name like `srgan` means, and where shipped weights live.
+
+A model name is a weights family (`srresnet`, `srgan`, ...) whose files are `{name}_x{scale}.safetensors`
+in the weights folders; `bicubic` is the built-in baseline with no weights. Anything that looks like
+a path (has a `.safetensors` suffix or a slash) is a user's own checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from upscale_cli.errors import ModelNotFoundError
+
+BICUBIC = "bicubic"
+DEFAULT_MODEL = "srgan"
+# Names users can ask for, the architecture their weights use, and what they are.
+KNOWN_MODELS: dict[str, tuple[str, str]] = {
+    "srresnet": ("srresnet", "SRResNet, PSNR-oriented (Ledig et al. 2017)"),
+    "srgan": ("srresnet", "SRGAN generator, perceptual / GAN-trained (Ledig et al. 2017)"),
+}
+_WEIGHTS_FILE = re.compile(r"^(?P<name>[a-z0-9_-]+?)_x(?P<scale>\d+)\.safetensors$")
+
+
+def weights_dirs() -> list[Path]:
+    """Folders searched for named weights: $UPSCALE_WEIGHTS, then the installed and the source-tree copies."""
+    dirs = []
+    if os.environ.get("UPSCALE_WEIGHTS"):
+        dirs.append(Path(os.environ["UPSCALE_WEIGHTS"]))
+    package = Path(__file__).resolve().parent
+    dirs.append(package / "weights")  # installed: weights/ is packaged as upscale_cli/weights
+    dirs.append(package.parent.parent / "weights")  # editable install / source checkout
+    return [d for d in dirs if d.is_dir()]
+
+
+@dataclass(frozen=True)
+class WeightsFile:
+    name: str
+    scale: int
+    path: Path
+
+
+def shipped_weights() -> list[WeightsFile]:
+    """Every `{name}_x{scale}.safetensors` in the weights folders (earlier folders win)."""
+    found: dict[tuple[str, int], WeightsFile] = {}
+    for folder in weights_dirs():
+        for path in sorted(folder.glob("*.safetensors")):
+            match = _WEIGHTS_FILE.match(path.name)
+            if match:
+                key = (match["name"], int(match["scale"]))
+                found.setdefault(key, WeightsFile(key[0], key[1], path))
+    return list(found.values())
+
+
+def looks_like_path(spec: str) -> bool:
+    return spec.endswith(".safetensors") or os.sep in spec or "/" in spec or Path(spec).is_file()
+
+
+def find_weights(name: str, scale: float | None) -> Path:
+    """The weights file for model `name`: the native scale closest above the request, else the largest."""
+    candidates = sorted((w for w in shipped_weights() if w.name == name), key=lambda w: w.scale)
+    if not candidates:
+        if name in KNOWN_MODELS:
+            raise ModelNotFoundError(
+                f"model {name!r}: no weights file ({name}_x4.safetensors) in "
+                f"{', '.join(str(d) for d in weights_dirs()) or 'any weights folder'}; "
+                f"train it with `upscale train --model {name}` or pass --model PATH")
+        known = sorted({BICUBIC, *KNOWN_MODELS, *(w.name for w in shipped_weights())})
+        raise ModelNotFoundError(f"unknown model {name!r} (known: {', '.join(known)}; or a .safetensors path)")
+    if scale is None:
+        return candidates[-1].path
+    exact = [w for w in candidates if w.scale == scale]
+    above = [w for w in candidates if w.scale >= scale]
+    return (exact or above or candidates[-1:])[0].path

@@ -1,0 +1,73 @@
+"""Training data: HR photos decoded once into memory, random augmented crops, LR made on the fly.
+
+LR is made with the same MATLAB-compatible bicubic as the benchmark LR files and rounded to 8 bits,
+so the network trains on exactly the kind of input it is measured on. Cropping from memory costs
+far less than a training step, so the sampler runs inline and never starves it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from upscale_cli.resize import imresize, quantize
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files directly in `folder`, sorted by name so every run sees the same order."""
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def load_rgb(path: Path) -> torch.Tensor:
+    """An image file as a uint8 RGB tensor (3, H, W)."""
+    with Image.open(path) as img:
+        return torch.from_numpy(np.asarray(img.convert("RGB")).copy()).permute(2, 0, 1).contiguous()
+
+
+class PatchSampler:
+    """Draws batches of (LR, HR) float patches from in-memory HR images with a private generator.
+
+    The generator state is part of the training state, so a resumed run draws the same patches.
+    """
+
+    def __init__(self, folder: Path, patch: int, scale: int, batch: int, seed: int) -> None:
+        if patch % scale:
+            raise ValueError(f"patch {patch} is not a multiple of scale {scale}")
+        paths = list_images(folder)
+        if not paths:
+            raise ValueError(f"{folder}: no training images found")
+        self.images = [load_rgb(p) for p in paths]
+        small = [str(p) for p, im in zip(paths, self.images) if min(im.shape[1:]) < patch]
+        if small:
+            raise ValueError(f"images smaller than the {patch}px patch: {', '.join(small)}")
+        self.patch, self.scale, self.batch = patch, scale, batch
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def _randint(self, high: int) -> int:
+        return int(torch.randint(high, (1,), generator=self.generator))
+
+    def _crop(self) -> torch.Tensor:
+        image = self.images[self._randint(len(self.images))]
+        _, h, w = image.shape
+        top, left = self._randint(h - self.patch + 1), self._randint(w - self.patch + 1)
+        crop = image[:, top : top + self.patch, left : left + self.patch]
+        if self._randint(2):
+            crop = crop.flip(-1)
+        return torch.rot90(crop, self._randint(4), dims=(-2, -1))
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(LR, HR) float tensors in [0, 1], shapes (B, 3, P/s, P/s) and (B, 3, P, P)."""
+        hr = torch.stack([self._crop() for _ in range(self.batch)]).float().div(255)
+        lr = quantize(imresize(hr, scale=1 / self.scale))
+        return lr, hr
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.generator.set_state(state["generator"])

@@ -1,0 +1,293 @@
+"""The training loop shared by every recipe: sampling, EMA, validation, resumable state, logging, DDP.
+
+A run directory holds `state.pt` (everything needed to continue bit for bit, written atomically and
+read with `weights_only=True`), `config.json`, `log.jsonl`, `best.safetensors` (EMA weights with the
+best validation PSNR) and `last.safetensors` (the EMA weights at the last save).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from upscale_cli import __version__
+from upscale_cli.checkpoint import CheckpointInfo, config_dict, save_checkpoint
+from upscale_cli.device import autocast, resolve_precision
+from upscale_cli.train.config import TrainConfig
+from upscale_cli.train.data import PatchSampler
+from upscale_cli.train.recipes import Recipe, make_recipe
+
+
+class TrainingInterrupted(Exception):
+    """Raised after the state was saved because of SIGINT/SIGTERM; the run can be resumed."""
+
+    def __init__(self, step: int, run_dir: Path) -> None:
+        super().__init__(f"stopped at step {step}; state saved, continue with --resume {run_dir}")
+        self.step = step
+
+
+class ModelEMA:
+    """Exponential moving average of a module's parameters (buffers are copied), warmed up early on."""
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.shadow = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, step: int) -> None:
+        decay = min(self.decay, (1 + step) / (10 + step))
+        ema_params = list(self.shadow.parameters())
+        torch._foreach_lerp_(ema_params, [p.detach() for p in model.parameters()], 1 - decay)
+        for ema_buf, buf in zip(self.shadow.buffers(), model.buffers()):
+            ema_buf.copy_(buf)
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    """torch.save to a temporary file beside `path`, then rename: a crash never leaves half a file."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class Distributed:
+    """Rank and world size from torchrun's environment; a single process when it is absent."""
+
+    def __init__(self) -> None:
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        if self.world > 1 and not dist.is_initialized():
+            backend = "nccl" if torch.cuda.is_available() else "gloo"
+            dist.init_process_group(backend)
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def wrap(self, module: nn.Module) -> nn.Module:
+        if self.world == 1:
+            return module
+        return nn.parallel.DistributedDataParallel(module)
+
+    def gather(self, obj: Any) -> list[Any]:
+        if self.world == 1:
+            return [obj]
+        out: list[Any] = [None] * self.world
+        dist.all_gather_object(out, obj)
+        return out
+
+    def any(self, flag: bool) -> bool:
+        """True on every rank when it is true on any rank (so all ranks stop together)."""
+        if self.world == 1:
+            return flag
+        value = torch.tensor([int(flag)])
+        dist.all_reduce(value)
+        return bool(value.item())
+
+    @torch.no_grad()
+    def average_buffers(self, module: nn.Module) -> None:
+        """Average float buffers (BatchNorm running statistics) over ranks so every rank holds the same model.
+
+        SyncBatchNorm does not run on the CPU; averaging the running statistics after each step gives the
+        same running mean as statistics over the whole distributed batch, at the cost of a tiny all-reduce.
+        """
+        if self.world == 1:
+            return
+        for buffer in module.buffers():
+            if buffer.is_floating_point():
+                dist.all_reduce(buffer)
+                buffer.div_(self.world)
+
+    def close(self) -> None:
+        if self.world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+class Trainer:
+    """Runs one recipe to `config.iters` steps in `run_dir`, resuming from its state when asked."""
+
+    def __init__(self, config: TrainConfig, run_dir: Path, command: str,
+                 validate: Callable[[nn.Module], dict[str, Any]] | None = None,
+                 echo: Callable[[str], None] = lambda s: print(s, file=sys.stderr)) -> None:
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.command = command
+        self.validate = validate
+        self.echo = echo
+        self.dist = Distributed()
+        self.device = torch.device("cpu")
+        self.precision = resolve_precision(config.precision, self.device)
+        torch.manual_seed(config.seed)
+        self.recipe: Recipe = make_recipe(config, self.dist.wrap)
+        self.ema = ModelEMA(self.recipe.generator, config.ema)
+        self.sampler = PatchSampler(Path(config.data), config.patch, config.scale, config.batch,
+                                    seed=config.seed + 1_000_003 * self.dist.rank)
+        self.step = 0
+        self.best: dict[str, Any] = {}
+        self.latest_validation: dict[str, Any] = {}
+        self.elapsed = 0.0
+        self._stop_signal: int | None = None
+
+    # ----- state -----------------------------------------------------------------------------
+    @property
+    def state_path(self) -> Path:
+        return self.run_dir / "state.pt"
+
+    def state_dict(self) -> dict[str, Any]:
+        samplers = self.dist.gather(self.sampler.state_dict())
+        return {
+            "step": self.step,
+            "config": self.config.to_json(),
+            "recipe": self.recipe.state_dict(),
+            "ema": self.ema.shadow.state_dict(),
+            "samplers": samplers,
+            "torch_rng": torch.get_rng_state(),
+            "best": json.dumps(self.best),
+            "latest_validation": json.dumps(self.latest_validation),
+            "elapsed": self.elapsed,
+        }
+
+    def resume(self) -> None:
+        """Load `state.pt`; the config in the run directory must match the one given."""
+        state = torch.load(self.state_path, map_location="cpu", weights_only=True)
+        saved = json.loads(state["config"])
+        current = json.loads(self.config.to_json())
+        changed = sorted(k for k in saved if k != "iters" and saved[k] != current.get(k))
+        if changed:
+            raise ValueError(f"{self.run_dir}: the run was started with different settings: {', '.join(changed)}")
+        self.step = state["step"]
+        self.recipe.load_state_dict(state["recipe"])
+        self.ema.shadow.load_state_dict(state["ema"])
+        self.sampler.load_state_dict(state["samplers"][self.dist.rank])
+        torch.set_rng_state(state["torch_rng"])
+        self.best = json.loads(state["best"])
+        self.latest_validation = json.loads(state["latest_validation"])
+        self.elapsed = state["elapsed"]
+
+    def save(self) -> None:
+        state = self.state_dict()  # collective: every rank takes part
+        if self.dist.main:
+            atomic_torch_save(state, self.state_path)
+            metrics = {"validation": self.latest_validation} if self.latest_validation else {}
+            self.export(self.run_dir / "last.safetensors", metrics)
+
+    # ----- export ------------------------------------------------------------------------------
+    def checkpoint_info(self, metrics: dict[str, Any]) -> CheckpointInfo:
+        recipe = self.recipe
+        return CheckpointInfo(
+            arch=recipe.arch_id,
+            scale=self.config.scale,
+            config=config_dict(recipe.arch_config),
+            name=f"{self.config.model}_x{self.config.scale}",
+            training={
+                "command": self.command,
+                "recipe": self.config.model,
+                "data": self.config.data,
+                "seed": self.config.seed,
+                "iterations": self.step,
+                "batch": self.config.batch * self.dist.world,
+                "patch": self.config.patch,
+                "precision": self.precision,
+                "hours": round(self.elapsed / 3600, 3),
+                "settings": json.loads(self.config.to_json()),
+                "upscale_version": __version__,
+                "torch_version": torch.__version__,
+            },
+            metrics=metrics,
+        )
+
+    def export(self, path: Path, metrics: dict[str, Any] | None = None) -> None:
+        save_checkpoint(path, self.ema.shadow, self.checkpoint_info(metrics if metrics is not None else {}))
+
+    # ----- loop --------------------------------------------------------------------------------
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        self._stop_signal = signum
+
+    def _log(self, record: dict[str, Any]) -> None:
+        if not self.dist.main:
+            return
+        with open(self.run_dir / "log.jsonl", "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    def _validate(self) -> None:
+        if self.validate is None or not self.dist.main:
+            return
+        figures = self.validate(self.ema.shadow)
+        self.latest_validation = figures
+        record = {"step": self.step, "val": figures}
+        self._log(record)
+        self.echo(f"step {self.step}: validation " + ", ".join(f"{k} {v:.4f}" for k, v in figures.items()
+                                                              if isinstance(v, float)))
+        key = self.recipe.selection_metric
+        if key is not None and figures[key] > self.best.get(key, -math.inf):
+            self.best = {"step": self.step, **figures}
+            self.export(self.run_dir / "best.safetensors", {"validation": figures})
+
+    def run(self, resume: bool = False) -> Path:
+        """Train to `config.iters`; returns the path of the exported weights (best, else last)."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if resume:
+            self.resume()
+            self.echo(f"resumed {self.run_dir} at step {self.step}")
+        elif self.dist.main:
+            (self.run_dir / "config.json").write_text(self.config.to_json() + "\n")
+        old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            self._loop()
+        finally:
+            for s, handler in old_handlers.items():
+                signal.signal(s, handler)
+            self.dist.close()
+        best = self.run_dir / "best.safetensors"
+        return best if best.exists() else self.run_dir / "last.safetensors"
+
+    def _loop(self) -> None:
+        cfg = self.config
+        last_save = time.monotonic()
+        window_start, window_steps = time.monotonic(), 0
+        sums: dict[str, float] = {}
+        while self.step < cfg.iters:
+            started = time.monotonic()
+            lr, hr = self.sampler.next_batch()
+            figures = self.recipe.train_step(lr, hr, self.step, lambda: autocast(self.device, self.precision))
+            self.dist.average_buffers(self.recipe.generator)
+            self.ema.update(self.recipe.generator, self.step)
+            self.step += 1
+            self.elapsed += time.monotonic() - started
+            window_steps += 1
+            for k, v in figures.items():
+                sums[k] = sums.get(k, 0.0) + v
+            if self.step % cfg.log_every == 0 or self.step == cfg.iters:
+                rate = window_steps / max(1e-9, time.monotonic() - window_start)
+                record = {"step": self.step, **{k: v / window_steps for k, v in sums.items()},
+                          "lr": self.recipe.current_lr(), "it_per_s": rate}
+                self._log(record)
+                eta = (cfg.iters - self.step) / max(rate, 1e-9)
+                self.echo(f"step {self.step}/{cfg.iters} " + " ".join(
+                    f"{k} {v:.4g}" for k, v in record.items() if k != "step") + f" eta {eta / 60:.1f} min")
+                sums, window_start, window_steps = {}, time.monotonic(), 0
+            if self.step % cfg.val_every == 0 or self.step == cfg.iters:
+                self._validate()
+            stop = self.dist.any(self._stop_signal is not None)
+            due = time.monotonic() - last_save > cfg.save_minutes * 60
+            if self.step % cfg.val_every == 0 or self.step == cfg.iters or stop or self.dist.any(due):
+                self.save()
+                last_save = time.monotonic()
+            if stop:
+                raise TrainingInterrupted(self.step, self.run_dir)

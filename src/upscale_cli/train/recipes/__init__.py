@@ -1,0 +1,51 @@
+"""Training recipes: one module per model, each a `Recipe` that owns its networks and optimisers."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from upscale_cli.train.config import TrainConfig
+
+_RECIPES = {
+    "srresnet": "upscale_cli.train.recipes.srresnet",
+    "srgan": "upscale_cli.train.recipes.srgan",
+}
+
+AutocastFactory = Callable[[], Any]
+
+
+def recipe_names() -> list[str]:
+    return list(_RECIPES)
+
+
+class Recipe:
+    """What the loop needs from a recipe: the generator to average and export, and one step."""
+
+    arch_id: str
+    arch_config: Any
+    generator: nn.Module  # the unwrapped generator (EMA and export read it)
+    selection_metric: str | None = "psnr_y"  # validation figure that picks the best checkpoint (None: keep last)
+
+    def train_step(self, lr: torch.Tensor, hr: torch.Tensor, step: int,
+                   autocast: AutocastFactory) -> dict[str, float]:
+        raise NotImplementedError  # each recipe defines its own step
+
+    def current_lr(self) -> float:
+        raise NotImplementedError  # each recipe reports its generator's learning rate
+
+    def state_dict(self) -> dict[str, Any]:
+        raise NotImplementedError  # each recipe saves its own networks and optimisers
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+
+def make_recipe(config: TrainConfig, wrap: Callable[[nn.Module], nn.Module]) -> Recipe:
+    """The recipe named by `config.model`, with its modules wrapped by `wrap` (DDP when distributed)."""
+    if config.model not in _RECIPES:
+        raise ValueError(f"no training recipe for {config.model!r} (known: {', '.join(_RECIPES)})")
+    return importlib.import_module(_RECIPES[config.model]).build(config, wrap)

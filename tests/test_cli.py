@@ -1,0 +1,338 @@
+"""The `upscale` command line: routing, every option, exit codes, and safe batch behaviour."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from conftest import smooth_image
+from upscale_cli.cli import cli
+from upscale_cli.resize import imresize
+
+
+def invoke(*args: str, input: bytes | None = None, env: dict | None = None):
+    return CliRunner().invoke(cli, [str(a) for a in args], input=input, env=env, catch_exceptions=False)
+
+
+@pytest.fixture
+def photo(tmp_path: Path) -> Path:
+    path = tmp_path / "photo.png"
+    Image.fromarray(smooth_image(20, 24, 7)).save(path)
+    return path
+
+
+def pixels(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image).astype(np.float64)
+
+
+# ----- entry points and routing -------------------------------------------------------------------
+
+def test_help_and_version_do_not_import_torch() -> None:
+    code = ("import sys; from click.testing import CliRunner; from upscale_cli.cli import cli; "
+            "r = CliRunner().invoke(cli, ['--version']); assert '0.1.0' in r.output, r.output; "
+            "r = CliRunner().invoke(cli, ['--help']); assert 'sample' in r.output or 'upscale' in r.output; "
+            "r = CliRunner().invoke(cli, ['upscale', '--help']); assert '--tile' in r.output; "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_python_dash_m_and_console_script_agree(photo: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    a, b = tmp_path / "a.png", tmp_path / "b.png"
+    subprocess.run([sys.executable, "-m", "upscale_cli", photo, "-m", tiny_checkpoint, "-o", a, "-q"], check=True)
+    result = invoke("upscale", photo, "-m", tiny_checkpoint, "-o", b, "-q")
+    assert result.exit_code == 0
+    assert np.array_equal(pixels(a), pixels(b))
+
+
+def test_default_command_equals_explicit_subcommand(photo: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    assert invoke(photo, "-x4", "--model", tiny_checkpoint, "-o", tmp_path / "implicit.png").exit_code == 0
+    assert invoke("upscale", photo, "-x4", "--model", tiny_checkpoint, "-o", tmp_path / "explicit.png").exit_code == 0
+    assert np.array_equal(pixels(tmp_path / "implicit.png"), pixels(tmp_path / "explicit.png"))
+    assert pixels(tmp_path / "implicit.png").shape == (80, 96, 3)
+
+
+def test_file_named_like_a_subcommand(photo: Path, tiny_checkpoint: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    Path("train").write_bytes(photo.read_bytes())
+    result = invoke("./train", "-m", tiny_checkpoint, "-o", "out.png")
+    assert result.exit_code == 0, result.output
+    assert Path("out.png").exists()
+
+
+# ----- sizes and names ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    ("args", "size"),
+    [((), (96, 80)), (("-x", "2"), (48, 40)), (("-x", "3"), (72, 60)), (("-x", "8"), (192, 160)),
+     (("--width", "50"), (50, 42)), (("--height", "30"), (36, 30)), (("--width", "33", "--height", "17"), (33, 17))],
+)
+def test_output_size_follows_scale_width_height(photo: Path, tiny_checkpoint: Path, tmp_path: Path, args, size) -> None:
+    out = tmp_path / "out.png"
+    assert invoke(photo, "-m", tiny_checkpoint, "-o", out, *args).exit_code == 0
+    with Image.open(out) as image:
+        assert image.size == size
+
+
+def test_scale_above_native_runs_the_model_twice(photo: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """x8 with an x4 model is two model passes (x16) then Lanczos down, not a blurry resample of x4."""
+    from upscale_cli.engine import load_upscaler
+
+    upscaler = load_upscaler(str(tiny_checkpoint))
+    calls = []
+    original = upscaler.runner.run_tile
+    upscaler.runner.run_tile = lambda tile, *a, **k: calls.append(tile.shape) or original(tile, *a, **k)
+    rgb = smooth_image(10, 12, 1).astype(np.float32) / 255
+    assert upscaler.upscale(rgb, 96, 80, "none").shape == (80, 96, 3)
+    assert [tuple(c[-2:]) for c in calls] == [(10, 12), (40, 48)]
+
+
+def test_name_template_and_default_name(photo: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    out_dir = tmp_path / "out"
+    assert invoke(photo, "-m", tiny_checkpoint, "-o", out_dir, "-x", "2").exit_code == 0
+    assert (out_dir / "photo_x2.png").exists()
+    assert invoke(photo, "-m", tiny_checkpoint, "-o", out_dir, "--name", "{model}-{stem}-{scale}.{ext}").exit_code == 0
+    assert (out_dir / "tiny_x4-photo-4.png").exists()
+    result = CliRunner().invoke(cli, [str(photo), "-m", str(tiny_checkpoint), "--name", "{nope}.png"])
+    assert result.exit_code == 2 and "--name" in result.output
+
+
+def test_default_output_is_next_to_input(photo: Path, tiny_checkpoint: Path) -> None:
+    assert invoke(photo, "-m", tiny_checkpoint).exit_code == 0
+    assert (photo.parent / "photo_x4.png").exists()
+
+
+def test_format_and_quality(photo: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    assert invoke(photo, "-m", "bicubic", "-o", tmp_path, "--format", "jpg", "--quality", "10",
+                  "--name", "low.{ext}").exit_code == 0
+    assert invoke(photo, "-m", "bicubic", "-o", tmp_path, "--format", "jpg", "--quality", "98",
+                  "--name", "high.{ext}").exit_code == 0
+    low, high = tmp_path / "low.jpg", tmp_path / "high.jpg"
+    assert low.stat().st_size < high.stat().st_size
+    with Image.open(low) as image:
+        assert image.format == "JPEG"
+
+
+def test_alpha_forces_a_format_that_holds_it(tmp_path: Path, tiny_checkpoint: Path) -> None:
+    rgba = np.dstack([smooth_image(16, 16, 2), np.linspace(0, 255, 256).reshape(16, 16).astype(np.uint8)])
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "a.png")
+    result = invoke(tmp_path / "a.png", "-m", tiny_checkpoint, "--format", "jpg", "-o", tmp_path / "o")
+    assert result.exit_code == 0
+    with Image.open(tmp_path / "o" / "a_x4.png") as image:
+        assert image.mode == "RGBA" and image.size == (64, 64)
+        alpha = np.asarray(image)[..., 3].astype(float)
+    assert alpha[:8].mean() < 100 < 155 < alpha[-8:].mean()  # the vertical alpha ramp survives, upright
+    assert abs(alpha.mean() - 127.5) < 3
+    assert "alpha" in result.stderr
+
+
+def test_bicubic_model_is_the_matlab_resize(photo: Path, tmp_path: Path) -> None:
+    out = tmp_path / "b.png"
+    assert invoke(photo, "-m", "bicubic", "-o", out).exit_code == 0
+    lr = torch.from_numpy(pixels(photo)).permute(2, 0, 1) / 255
+    expected = imresize(lr, 4).clamp(0, 1).mul(255).round().permute(1, 2, 0).numpy()
+    assert np.array_equal(pixels(out), expected)
+
+
+# ----- tiling, device, precision, threads ---------------------------------------------------------
+
+def test_tiled_cli_output_matches_untiled(tmp_path: Path, tiny_checkpoint: Path) -> None:
+    Image.fromarray(smooth_image(40, 44, 3)).save(tmp_path / "big.png")
+    invoke(tmp_path / "big.png", "-m", tiny_checkpoint, "--tile", "none", "--precision", "fp32", "-o", tmp_path / "u.png")
+    invoke(tmp_path / "big.png", "-m", tiny_checkpoint, "--tile", "16", "--tile-overlap", "12", "--precision", "fp32",
+           "-o", tmp_path / "t.png")
+    invoke(tmp_path / "big.png", "-m", tiny_checkpoint, "--tile", "16", "--tile-overlap", "0", "--precision", "fp32",
+           "-o", tmp_path / "seams.png")
+    untiled, tiled, seams = pixels(tmp_path / "u.png"), pixels(tmp_path / "t.png"), pixels(tmp_path / "seams.png")
+    assert np.abs(untiled - tiled).max() <= 1  # receptive radius 10 < overlap 12: equal up to rounding
+    assert np.abs(untiled - seams).max() > 1  # without overlap the tiles disagree: the option is wired
+
+
+def test_precision_option_changes_arithmetic(photo: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    from upscale_cli.engine import load_upscaler
+
+    rgb = smooth_image(20, 24, 7).astype(np.float32) / 255
+    fp32 = load_upscaler(str(tiny_checkpoint), precision="fp32").upscale(rgb, 96, 80, "none")
+    bf16 = load_upscaler(str(tiny_checkpoint), precision="bf16").upscale(rgb, 96, 80, "none")
+    difference = np.abs(fp32 - bf16).max()
+    assert 0 < difference < 0.05
+    result = CliRunner().invoke(cli, [str(photo), "-m", str(tiny_checkpoint), "--precision", "fp16", "--device", "cpu"])
+    assert result.exit_code == 2 and "fp16 is not supported on the CPU" in result.output
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given when CUDA is absent")
+def test_cuda_requested_without_cuda(photo: Path, tiny_checkpoint: Path) -> None:
+    result = CliRunner().invoke(cli, [str(photo), "-m", str(tiny_checkpoint), "--device", "cuda"])
+    assert result.exit_code == 2 and "no CUDA device" in result.output
+
+
+def test_threads_option_sets_torch_threads(photo: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    before = torch.get_num_threads()
+    try:
+        assert invoke(photo, "-m", tiny_checkpoint, "--threads", "1", "-o", tmp_path / "t.png").exit_code == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+# ----- existing outputs, dry run, json, quiet, seed -------------------------------------------------
+
+def test_never_overwrites_without_overwrite(photo: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out.png"
+    out.write_bytes(b"precious")
+    result = invoke(photo, "-m", tiny_checkpoint, "-o", out)
+    assert result.exit_code == 1 and "exists (use --overwrite or --skip-existing)" in result.stderr
+    assert out.read_bytes() == b"precious"
+    result = invoke(photo, "-m", tiny_checkpoint, "-o", out, "--skip-existing")
+    assert result.exit_code == 0 and out.read_bytes() == b"precious" and "skipped" in result.stderr
+    assert invoke(photo, "-m", tiny_checkpoint, "-o", out, "--overwrite").exit_code == 0
+    assert out.read_bytes() != b"precious"
+    both = CliRunner().invoke(cli, [str(photo), "--overwrite", "--skip-existing"])
+    assert both.exit_code == 2
+
+
+def test_dry_run_writes_nothing(photo: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    result = invoke(photo, "-m", tiny_checkpoint, "-o", tmp_path / "o", "--dry-run")
+    assert result.exit_code == 0 and "would write" in result.stderr and "photo_x4.png" in result.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_json_lines_and_summary(photo: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    (tmp_path / "bad.png").write_text("not an image")
+    result = invoke(photo, tmp_path / "bad.png", "-m", tiny_checkpoint, "-o", tmp_path / "o", "--json")
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert result.exit_code == 1
+    assert lines[0]["status"] == "ok" and lines[0]["width"] == 96 and lines[0]["output"].endswith("photo_x4.png")
+    assert lines[1]["status"] == "failed" and "bad.png" in lines[1]["error"]
+    assert lines[2]["summary"] == {"ok": 1, "failed": 1, "skipped": 0, "dry-run": 0}
+
+
+def test_quiet_prints_nothing_on_success(photo: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    result = invoke(photo, "-m", tiny_checkpoint, "-o", tmp_path / "q.png", "-q")
+    assert result.exit_code == 0 and result.stderr == "" and result.stdout == ""
+
+
+def test_seed_on_a_deterministic_model_says_it_has_no_effect(photo: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    result = invoke(photo, "-m", tiny_checkpoint, "-o", tmp_path / "s.png", "--seed", "0")
+    assert result.exit_code == 0 and "--seed has no effect" in result.stderr
+
+
+def test_max_pixels_refuses_large_inputs(photo: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    result = invoke(photo, "-m", tiny_checkpoint, "-o", tmp_path / "m.png", "--max-pixels", "100")
+    assert result.exit_code == 1 and "limit" in result.stderr and not (tmp_path / "m.png").exists()
+
+
+# ----- batches, folders, globs, stdin/stdout --------------------------------------------------------
+
+def test_batch_goes_on_past_bad_files_and_reports_them(tmp_path: Path, tiny_checkpoint: Path) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray(smooth_image(8, 8, 0)).save(folder / "a.png")
+    (folder / "b.png").write_bytes(b"")
+    (folder / "c.png").write_bytes((folder / "a.png").read_bytes()[:60])
+    Image.fromarray(smooth_image(8, 8, 1)).save(folder / "d.png")
+    result = invoke(folder, "-m", tiny_checkpoint, "-o", tmp_path / "out")
+    assert result.exit_code == 1
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a_x4.png", "d_x4.png"]
+    assert "2 of 4 input(s) failed" in result.stderr
+    assert "b.png: empty file" in result.stderr and "c.png" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_recursive_mirrors_the_tree(tmp_path: Path, tiny_checkpoint: Path) -> None:
+    (tmp_path / "in" / "sub" / "deeper").mkdir(parents=True)
+    Image.fromarray(smooth_image(8, 8, 0)).save(tmp_path / "in" / "top.png")
+    Image.fromarray(smooth_image(8, 8, 1)).save(tmp_path / "in" / "sub" / "deeper" / "low.jpg")
+    flat = invoke(tmp_path / "in", "-m", tiny_checkpoint, "-o", tmp_path / "flat")
+    assert sorted(p.name for p in (tmp_path / "flat").iterdir()) == ["top_x4.png"]
+    assert flat.exit_code == 0
+    assert invoke(tmp_path / "in", "-m", tiny_checkpoint, "-o", tmp_path / "tree", "--recursive").exit_code == 0
+    assert (tmp_path / "tree" / "top_x4.png").exists()
+    assert (tmp_path / "tree" / "sub" / "deeper" / "low_x4.jpg").exists()
+
+
+def test_glob_patterns(tmp_path: Path, tiny_checkpoint: Path) -> None:
+    for name in ("a.png", "b.png", "c.jpg"):
+        Image.fromarray(smooth_image(8, 8, 0)).save(tmp_path / name)
+    result = invoke(str(tmp_path / "*.png"), "-m", tiny_checkpoint, "-o", tmp_path / "o")
+    assert result.exit_code == 0
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["a_x4.png", "b_x4.png"]
+    nothing = invoke(str(tmp_path / "*.webp"), "-m", tiny_checkpoint, "-o", tmp_path / "o")
+    assert nothing.exit_code == 1 and "matching" in nothing.stderr
+
+
+def test_stdin_to_stdout(photo: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "upscale_cli", "-", "-o", "-", "-m", str(tiny_checkpoint), "-q"],
+                          input=photo.read_bytes(), capture_output=True, check=True)
+    (tmp_path / "from_stdout.png").write_bytes(proc.stdout)
+    assert invoke(photo, "-m", tiny_checkpoint, "-o", tmp_path / "direct.png").exit_code == 0
+    assert np.array_equal(pixels(tmp_path / "from_stdout.png"), pixels(tmp_path / "direct.png"))
+    result = CliRunner().invoke(cli, ["-", "-m", str(tiny_checkpoint)], input=photo.read_bytes())
+    assert result.exit_code == 2 and "stdin" in result.output
+
+
+# ----- models and exit codes ---------------------------------------------------------------------
+
+def test_missing_weights_say_so_with_exit_code_3(photo: Path, tmp_path: Path) -> None:
+    env = {"UPSCALE_WEIGHTS": str(tmp_path / "empty")}
+    (tmp_path / "empty").mkdir()
+    result = CliRunner().invoke(cli, [str(photo), "--model", "nosuchmodel"], env=env)
+    assert result.exit_code == 3 and "unknown model 'nosuchmodel'" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_broken_checkpoint_is_one_line_exit_3_and_verbose_shows_traceback(photo: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"garbage")
+    result = CliRunner().invoke(cli, [str(photo), "--model", str(bad), "-o", tmp_path / "x.png"])
+    assert result.exit_code == 3
+    assert result.stderr.strip().count("\n") == 0 and "not a safetensors file" in result.stderr
+    verbose = CliRunner().invoke(cli, [str(photo), "--model", str(bad), "-o", tmp_path / "x.png", "-v"])
+    assert verbose.exit_code == 3 and "Traceback" in verbose.stderr
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_usage_errors_exit_2(photo: Path) -> None:
+    assert CliRunner().invoke(cli, [str(photo), "--scale", "2", "--width", "10"]).exit_code == 2
+    assert CliRunner().invoke(cli, [str(photo), "--tile", "banana"]).exit_code == 2
+    small = CliRunner().invoke(cli, [str(photo), "--tile", "16", "--tile-overlap", "16"])
+    assert small.exit_code == 2 and "larger than the overlap" in small.output
+    assert CliRunner().invoke(cli, [str(photo), "--format", "gif"]).exit_code == 2
+
+
+def test_models_lists_weights_with_their_metadata(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    (folder / "srgan_x4.safetensors").write_bytes(tiny_checkpoint.read_bytes())
+    result = invoke("models", "--json", env={"UPSCALE_WEIGHTS": str(folder)})
+    rows = {(r["name"], r["scale"]): r for r in json.loads(result.stdout)}
+    srgan = rows[("srgan", 4)]
+    model = torch.nn.Module()
+    from upscale_cli.checkpoint import load_model
+
+    model, _ = load_model(tiny_checkpoint)
+    assert srgan["params"] == sum(p.numel() for p in model.parameters())
+    assert srgan["arch"] == "srresnet" and srgan["status"] == "ok"
+    assert ("bicubic", None) in rows
+    table = invoke("models", env={"UPSCALE_WEIGHTS": str(folder)})
+    assert "srgan" in table.stdout and "bicubic" in table.stdout
+
+
+def test_named_model_found_in_weights_folder(photo: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    (folder / "srgan_x4.safetensors").write_bytes(tiny_checkpoint.read_bytes())
+    env = {"UPSCALE_WEIGHTS": str(folder)}
+    assert invoke(photo, "--model", "srgan", "-o", tmp_path / "n.png", env=env).exit_code == 0
+    assert invoke(photo, "--model", tiny_checkpoint, "-o", tmp_path / "p.png").exit_code == 0
+    assert np.array_equal(pixels(tmp_path / "n.png"), pixels(tmp_path / "p.png"))

@@ -1,0 +1,191 @@
+"""Training: resume is bit-exact, the loss falls, export carries its provenance, DDP ranks agree."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from upscale_cli.checkpoint import load_model, read_info
+from upscale_cli.train.config import TrainConfig, apply_settings, parse_set_options
+from upscale_cli.train.loop import Trainer, TrainingInterrupted
+
+TINY_ARCH = {"channels": 8, "blocks": 1}
+
+
+def tiny_config(data: Path, **overrides: object) -> TrainConfig:
+    base = TrainConfig(model="srresnet", data=str(data), scale=4, iters=6, batch=2, patch=16, lr=1e-3,
+                       val_every=1000, log_every=1, precision="fp32", arch=dict(TINY_ARCH), seed=3)
+    return apply_settings(base, overrides)
+
+
+def final_state(trainer: Trainer) -> dict[str, torch.Tensor]:
+    return {**{f"g.{k}": v for k, v in trainer.recipe.generator.state_dict().items()},
+            **{f"e.{k}": v for k, v in trainer.ema.shadow.state_dict().items()}}
+
+
+def interrupt_at(trainer: Trainer, step: int) -> None:
+    """Deliver a real SIGTERM to this process once the trainer reaches `step`."""
+    original = trainer.recipe.train_step
+
+    def step_then_signal(*args: object, **kwargs: object) -> dict[str, float]:
+        result = original(*args, **kwargs)
+        if trainer.step + 1 == step:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return result
+
+    trainer.recipe.train_step = step_then_signal  # type: ignore[method-assign]
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_resume_is_bit_exact(image_folder: Path, tmp_path: Path, precision: str) -> None:
+    config = tiny_config(image_folder, precision=precision)
+    straight = Trainer(config, tmp_path / "straight", "test")
+    straight.run()
+
+    first = Trainer(config, tmp_path / "halves", "test")
+    interrupt_at(first, 3)
+    with pytest.raises(TrainingInterrupted):
+        first.run()
+    assert first.step == 3
+    second = Trainer(config, tmp_path / "halves", "test")
+    second.run(resume=True)
+    assert second.step == 6
+    a, b = final_state(straight), final_state(second)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_resume_without_interrupt_differs_from_a_fresh_seed(image_folder: Path, tmp_path: Path) -> None:
+    """Guards the exactness test: another seed gives other weights, so equality is not automatic."""
+    one = Trainer(tiny_config(image_folder, seed=1), tmp_path / "one", "test")
+    two = Trainer(tiny_config(image_folder, seed=2), tmp_path / "two", "test")
+    one.run()
+    two.run()
+    assert not torch.equal(one.recipe.generator.head[0].weight, two.recipe.generator.head[0].weight)
+
+
+def test_loss_falls_and_export_records_provenance(image_folder: Path, tmp_path: Path) -> None:
+    config = tiny_config(image_folder, iters=60, val=str(tmp_path / "val"), val_every=30, log_every=10)
+    val = tmp_path / "val"
+    val.mkdir()
+    (val / "a.png").write_bytes((image_folder / "img_0.png").read_bytes())
+    from upscale_cli.train.validate import make_validator
+
+    trainer = Trainer(config, tmp_path / "run", "upscale train --model srresnet", validate=make_validator(config))
+    exported = trainer.run()
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in log if "loss" in r]
+    assert losses[-1] < losses[0] * 0.7
+    assert [r["step"] for r in log if "val" in r] == [30, 60]
+    info = read_info(exported)
+    assert info.training["command"] == "upscale train --model srresnet"
+    assert info.training["seed"] == 3 and info.training["data"] == str(image_folder)
+    assert "psnr_y" in info.metrics["validation"]
+    model, _ = load_model(exported)
+    assert model(torch.rand(1, 3, 8, 8)).shape == (1, 3, 32, 32)
+
+
+def test_settings_are_typed_and_unknown_keys_rejected() -> None:
+    config = apply_settings(TrainConfig(), parse_set_options(("lr=0.5", "iters=7", "arch.blocks=2")), strings=True)
+    assert config.lr == 0.5 and config.iters == 7 and config.arch == {"blocks": 2}
+    with pytest.raises(ValueError, match="unknown training setting"):
+        apply_settings(TrainConfig(), {"learning_rate": 1})
+    with pytest.raises(ValueError, match="expected int"):
+        apply_settings(TrainConfig(), {"iters": "many"}, strings=True)
+    with pytest.raises(ValueError, match="key=value"):
+        parse_set_options(("lr",))
+
+
+def test_resume_refuses_changed_settings(image_folder: Path, tmp_path: Path) -> None:
+    first = Trainer(tiny_config(image_folder), tmp_path / "run", "test")
+    interrupt_at(first, 2)
+    with pytest.raises(TrainingInterrupted):
+        first.run()
+    changed = Trainer(tiny_config(image_folder, lr=5e-3), tmp_path / "run", "test")
+    with pytest.raises(ValueError, match="lr"):
+        changed.run(resume=True)
+
+
+WORKER = """
+import sys, json
+from pathlib import Path
+from safetensors.torch import save_file
+from upscale_cli.train.config import TrainConfig
+from upscale_cli.train.loop import Trainer
+import torch.distributed as dist
+
+config = TrainConfig(**json.loads(sys.argv[1]))
+trainer = Trainer(config, Path(sys.argv[2]), "test")
+rank = trainer.dist.rank
+trainer.run()
+state = {k: v.contiguous() for k, v in trainer.recipe.generator.state_dict().items()}
+save_file(state, str(Path(sys.argv[2]) / f"rank{rank}.safetensors"))
+"""
+
+
+def test_two_process_ddp_ranks_agree_and_learn(image_folder: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    config = tiny_config(image_folder, iters=40, log_every=10, lr=2e-3)
+    settings = json.loads(config.to_json())
+    worker = tmp_path / "worker.py"
+    worker.write_text(WORKER)
+    run_dir = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         str(worker), json.dumps(settings), str(run_dir)],
+        capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rank0, rank1 = load_file(str(run_dir / "rank0.safetensors")), load_file(str(run_dir / "rank1.safetensors"))
+    for key in rank0:
+        assert torch.equal(rank0[key], rank1[key]), key
+    info = read_info(run_dir / "last.safetensors")
+    assert info.training["batch"] == 2 * config.batch  # the effective batch spans both ranks
+
+    single = Trainer(config, tmp_path / "single", "test")
+    single.run()
+    def losses(folder: Path) -> list[float]:
+        return [json.loads(l)["loss"] for l in (folder / "log.jsonl").read_text().splitlines() if '"loss"' in l]
+    ddp_losses, single_losses = losses(run_dir), losses(tmp_path / "single")
+    assert ddp_losses[-1] < ddp_losses[0] and single_losses[-1] < single_losses[0]
+    assert abs(ddp_losses[-1] - single_losses[-1]) < 0.5 * single_losses[0]
+
+
+def test_srgan_recipe_trains_with_discriminator_features(image_folder: Path, tmp_path: Path) -> None:
+    config = tiny_config(image_folder, model="srgan", iters=4, log_every=1, pixel_weight=0.01)
+    trainer = Trainer(config, tmp_path / "gan", "test")
+    trainer.run()
+    records = [json.loads(l) for l in (tmp_path / "gan" / "log.jsonl").read_text().splitlines()]
+    assert len(records) == 4
+    for record in records:
+        assert 0.0 <= record["d_acc"] <= 1.0
+        assert all(torch.isfinite(torch.tensor(record[k])) for k in ("loss", "content", "adv", "d_loss"))
+    assert read_info(tmp_path / "gan" / "last.safetensors").training["recipe"] == "srgan"
+
+
+def test_srgan_vgg_content_loads_torchvision_layout(image_folder: Path, tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    from upscale_cli.train.discriminator import VGG19Features
+
+    torch.manual_seed(0)
+    vgg = VGG19Features()
+    weights = tmp_path / "vgg19.safetensors"
+    save_file({k: v.contiguous() for k, v in vgg.state_dict().items()}, str(weights))
+    loaded = VGG19Features.from_file(weights)
+    x = torch.rand(1, 3, 32, 32)
+    assert torch.equal(loaded(x), vgg.eval()(x))
+    config = tiny_config(image_folder, model="srgan", iters=2, content="vgg", vgg_weights=str(weights))
+    Trainer(config, tmp_path / "gan", "test").run()
+    torch.save({"features.0.weight": torch.zeros(1)}, tmp_path / "bad.pth")
+    with pytest.raises(ValueError, match="not torchvision VGG19 weights"):
+        VGG19Features.from_file(tmp_path / "bad.pth")
