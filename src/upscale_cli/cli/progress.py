@@ -36,6 +36,15 @@ class BatchProgress:
         if self._progress is not None:
             self._progress.stop()
 
+    def print(self, message: str) -> None:
+        """Print a line above the live bars (plain stderr when the bars are off)."""
+        if self._progress is not None:
+            self._progress.console.print(message, markup=False, highlight=False)
+        else:
+            from upscale_cli.cli.common import echo_err
+
+            echo_err(message)
+
     def start_image(self, label: str, pixels: int) -> None:
         if self._progress is None:
             return

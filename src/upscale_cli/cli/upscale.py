@@ -188,6 +188,7 @@ def _run(opts: dict[str, Any]) -> int:
         report.note(f"model {upscaler.name} (x{upscaler.scale}) on {upscaler.device} in {upscaler.precision}",
                     verbose_only=True)
         with BatchProgress(len(jobs), enabled=report.show_progress) as progress:
+            report.say = progress.print
             for job in jobs:
                 report.add(_process(job, upscaler, opts, progress, report))
                 progress.advance_file()
@@ -270,21 +271,22 @@ class Reporter:
         self.verbose = opts["verbose"]
         self.outcomes: list[Outcome] = []
         self.show_progress = not self.quiet and sys.stderr.isatty()
+        self.say = echo_err  # replaced by the progress display's printer while bars are live
 
     def note(self, message: str, verbose_only: bool = False) -> None:
         if not self.quiet and (self.verbose or not verbose_only):
-            echo_err(message)
+            self.say(message)
 
     def add(self, outcome: Outcome) -> None:
         self.outcomes.append(outcome)
         if self.as_json:
             click.echo(json.dumps(outcome.record()))
         elif outcome.status == "failed":
-            echo_err(f"error: {outcome.error}")
+            self.say(f"error: {outcome.error}")
         elif not self.quiet:
             verb = {"ok": "wrote", "skipped": "skipped (exists)", "dry-run": "would write"}[outcome.status]
             size = f" ({outcome.extra['width']}x{outcome.extra['height']})" if "width" in outcome.extra else ""
-            echo_err(f"{verb} {outcome.output}{size}")
+            self.say(f"{verb} {outcome.output}{size}")
 
     def finish(self) -> int:
         counts = {s: sum(o.status == s for o in self.outcomes) for s in ("ok", "failed", "skipped", "dry-run")}
