@@ -240,6 +240,7 @@ def test_batch_goes_on_past_bad_files_and_reports_them(tmp_path: Path, tiny_chec
     Image.fromarray(smooth_image(8, 8, 0)).save(folder / "a.png")
     (folder / "b.png").write_bytes(b"")
     (folder / "c.png").write_bytes((folder / "a.png").read_bytes()[:60])
+    (folder / "._a.png").write_bytes(b"macOS resource fork, not an image")  # hidden: ignored
     Image.fromarray(smooth_image(8, 8, 1)).save(folder / "d.png")
     result = invoke(folder, "-m", tiny_checkpoint, "-o", tmp_path / "out")
     assert result.exit_code == 1

@@ -130,7 +130,8 @@ def expand_inputs(inputs: tuple[str, ...], output: str | None, recursive: bool) 
         path = Path(spec)
         if path.is_dir():
             files = sorted(p for p in (path.rglob("*") if recursive else path.iterdir())
-                           if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+                           if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                           and not any(part.startswith(".") for part in p.relative_to(path).parts))
             if not files:
                 missing.append(Outcome(spec, "failed", error=f"{spec}: no images in this folder"
                                        + ("" if recursive else " (use --recursive for subfolders)")))
@@ -185,8 +186,8 @@ def _run(opts: dict[str, Any]) -> int:
             raise click.UsageError(str(exc)) from None
         if opts["seed"] is not None and not upscaler.stochastic:
             report.note(f"--seed has no effect on {upscaler.name}: the model is deterministic")
-        report.note(f"model {upscaler.name} (x{upscaler.scale}) on {upscaler.device} in {upscaler.precision}",
-                    verbose_only=True)
+        report.note(f"{upscaler.name} (x{upscaler.scale}) on {upscaler.device}, {upscaler.precision}, "
+                    f"tile {opts['tile']}, overlap {upscaler.overlap}; {len(jobs)} image(s)")
         with BatchProgress(len(jobs), enabled=report.show_progress) as progress:
             report.say = progress.print
             for job in jobs:
