@@ -1,4 +1,4 @@
-"""The MATLAB-compatible resize and the SR metrics: unit checks with independent expectations, then published figures."""
+"""MATLAB-compatible resize and SR metrics: unit checks with independent expectations, then published figures."""
 
 from __future__ import annotations
 

@@ -35,23 +35,28 @@ def psnr(a: torch.Tensor, b: torch.Tensor, data_range: float = 255.0) -> float:
     return math.inf if mse == 0 else 10 * math.log10(data_range**2 / mse)
 
 
-def _gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+def _gaussian_1d(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
     x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
     g = torch.exp(-(x**2) / (2 * sigma**2))
-    g = g / g.sum()
-    return (g[:, None] * g[None, :])[None, None]
+    return g / g.sum()
+
+
+def _gaussian_filter(x: torch.Tensor) -> torch.Tensor:
+    """'Valid' 11x11 Gaussian filtering of (N, 1, H, W), done as two 1-D passes (the window is separable)."""
+    g = _gaussian_1d()
+    return F.conv2d(F.conv2d(x, g.view(1, 1, -1, 1)), g.view(1, 1, 1, -1))
 
 
 def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 255.0) -> float:
     """Mean SSIM of two single-channel images (H, W), Gaussian window 11x11, sigma 1.5."""
-    window = _gaussian_window()
     x = a.double()[None, None]
     y = b.double()[None, None]
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
-    mu_x, mu_y = F.conv2d(x, window), F.conv2d(y, window)
-    var_x = F.conv2d(x * x, window) - mu_x**2
-    var_y = F.conv2d(y * y, window) - mu_y**2
-    cov = F.conv2d(x * y, window) - mu_x * mu_y
+    stats = _gaussian_filter(torch.cat([x, y, x * x, y * y, x * y]))
+    mu_x, mu_y, xx, yy, xy = stats
+    var_x = xx - mu_x**2
+    var_y = yy - mu_y**2
+    cov = xy - mu_x * mu_y
     num = (2 * mu_x * mu_y + c1) * (2 * cov + c2)
     den = (mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2)
     return (num / den).mean().item()

@@ -16,9 +16,10 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from upscale_cli.bench.report import BenchError
+from upscale_cli.bench.report import BenchError, typed_errors
 from upscale_cli.errors import InferenceError
 from upscale_cli.metrics import psnr, sr_figures
+from upscale_cli.models import BICUBIC
 from upscale_cli.resize import imresize, quantize
 from upscale_cli.train.data import list_images, load_rgb
 
@@ -186,7 +187,8 @@ def load_dataset(folder: Path, scale: int, degradation: Degradation | None = Non
             pair.lr = degradation.apply(pair.hr, scale, generator)
     except (OSError, ValueError) as exc:
         raise BenchError(f"--data {folder}: {exc}") from None
-    note = f"LR made from HR with {degradation.label} then MATLAB bicubic x1/{scale}"
+    note = (f"LR made from HR with {degradation.label} (Gaussian blur, MATLAB bicubic x1/{scale}, Gaussian noise, "
+            "8-bit rounding)")
     if has_lr:
         note += f" (the given LR_x{scale}/ files are NOT used)"
     return Dataset(dataset_name(folder), folder, pairs, degradation.label, note)
@@ -201,6 +203,17 @@ def open_upscaler(model: str, scale: int, device: str = "auto", precision: str =
         return load_upscaler(model, scale, device, precision, threads=threads)
     except ValueError as exc:
         raise BenchError(f"{model} in {precision}: {exc}") from None
+
+
+def precisions_for(model: str, precisions: tuple[str, ...]) -> tuple[str, ...]:
+    """The precisions to measure `model` in: bicubic has no reduced-precision path and runs once, in fp32."""
+    return ("fp32",) if model == BICUBIC else precisions
+
+
+def check_tile(upscaler: Any, tile: str) -> None:
+    """Refuse, before any measuring, a tile size that the tiler cannot use with this model's overlap."""
+    if upscaler.runner is not None and tile.isdigit() and int(tile) <= upscaler.overlap:
+        raise BenchError(f"--tile {tile}: a tile must be larger than the tile overlap ({upscaler.overlap} px)")
 
 
 def tensor_upscaler(upscaler: Any, scale: int, tile: str) -> Callable[..., torch.Tensor]:
@@ -248,15 +261,16 @@ def evaluate_upscaler(upscaler: Any, pairs: list[ImagePair], scale: int, tile: s
     image with seeds `seed`, `seed + 1`, ...; figures are averaged over the samples.
     """
     run = tensor_upscaler(upscaler, scale, tile)
-    if not upscaler.stochastic:
-        run(pairs[0].lr)
-        return [{"tau": None, "samples": 1, **score_draws(lambda lr: [run(lr)], pairs, scale)}]
-    results = []
-    for tau in taus:
-        run(pairs[0].lr, seed=seed, tau=tau)
+    with typed_errors(upscaler.name):
+        if not upscaler.stochastic:
+            run(pairs[0].lr)
+            return [{"tau": None, "samples": 1, **score_draws(lambda lr: [run(lr)], pairs, scale)}]
+        results = []
+        for tau in taus:
+            run(pairs[0].lr, seed=seed, tau=tau)
 
-        def draw(lr: torch.Tensor, tau: float = tau) -> list[torch.Tensor]:
-            return [run(lr, seed=seed + i, tau=tau) for i in range(samples)]
+            def draw(lr: torch.Tensor, tau: float = tau) -> list[torch.Tensor]:
+                return [run(lr, seed=seed + i, tau=tau) for i in range(samples)]
 
-        results.append({"tau": tau, "samples": samples, **score_draws(draw, pairs, scale)})
-    return results
+            results.append({"tau": tau, "samples": samples, **score_draws(draw, pairs, scale)})
+        return results

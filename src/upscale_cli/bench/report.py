@@ -6,10 +6,11 @@ import json
 import math
 import platform
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
-from upscale_cli.errors import ExitCode, UpscaleError
+from upscale_cli.errors import ExitCode, InferenceError, UpscaleError
 
 PLOT_HINT = "pip install 'upscale-cli[plot]'"
 
@@ -18,6 +19,17 @@ class BenchError(UpscaleError):
     """A benchmark cannot run as asked (bad data folder, option, input image or worker failure)."""
 
     exit_code = ExitCode.USAGE
+
+
+@contextmanager
+def typed_errors(label: str) -> Iterator[None]:
+    """Inside, a ValueError (impossible settings) becomes a BenchError and a RuntimeError an InferenceError."""
+    try:
+        yield
+    except ValueError as exc:
+        raise BenchError(f"{label}: {exc}") from None
+    except RuntimeError as exc:
+        raise InferenceError(f"{label}: {exc}".strip().splitlines()[0]) from None
 
 
 def cpu_model() -> str:
@@ -130,8 +142,8 @@ def speed_table(rows: list[dict[str, Any]], memory_note: str) -> Any:
     """The speed results: latency median and spread, throughput, speed-up, agreement and memory."""
     from rich.table import Table
 
-    table = Table(title="Speed: median latency after warm-up; speed-up and agreement (PSNR) against fp32 "
-                        "(same tile) and untiled (same precision), same model and size",
+    table = Table(title="Speed: median of the timed runs after warm-up; speed-up and PSNR agreement against "
+                        "fp32 (same tile) and untiled (same precision)",
                   caption=f"mem: growth of the peak memory during warm-up and runs ({memory_note})")
     for name in ("model", "in px", "out px", "prec.", "tile", "latency ms", "min-max ms", "out MP/s",
                  "vs fp32", "PSNR vs fp32", "PSNR vs untiled", "mem +MB"):
@@ -162,29 +174,37 @@ def plot_quality_speed(rows: list[dict[str, Any]], path: Path, title: str) -> No
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     panels: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         panels.setdefault(f"{row['dataset']} ({row['lr']})", []).append(row)
-    figure, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.5), squeeze=False)
+    labels = list(dict.fromkeys(_point_label(row) for row in rows))
+    colours = plt.get_cmap("tab10")
+    figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels) + 2, 4.5), squeeze=False)
     for axis, (name, points) in zip(axes[0], panels.items()):
         for point in points:
-            label = f"{point['model']} {point['precision']}"
-            if point["tau"] is not None:
-                label += f" tau={point['tau']:g}"
-            axis.scatter(point["megapixels_per_second"], point["mean"]["psnr_y"])
-            axis.annotate(label, (point["megapixels_per_second"], point["mean"]["psnr_y"]),
-                          textcoords="offset points", xytext=(4, 4), fontsize=8)
+            label = _point_label(point)
+            axis.scatter(point["megapixels_per_second"], point["mean"]["psnr_y"], label=label,
+                         color=colours(labels.index(label) % 10), marker="os^Dv"[labels.index(label) // 10 % 5])
         axis.set_xscale("log")
+        axis.xaxis.set_minor_formatter(NullFormatter())
         axis.set_xlabel("output megapixels per second")
         axis.set_ylabel("PSNR-Y (dB)")
         axis.set_title(name)
         axis.grid(True, alpha=0.3)
-    figure.suptitle(title)
-    figure.tight_layout()
+    figure.legend(*axes[0][0].get_legend_handles_labels(), loc="center right", fontsize=8)
+    figure.suptitle(title, fontsize=10)
+    figure.tight_layout(rect=(0, 0, 1 - 1.8 / (5 * len(panels) + 2), 1))
     try:
         figure.savefig(path, dpi=120)
     except OSError as exc:
         raise BenchError(f"--plot {path}: cannot write ({exc.strerror or exc})") from None
     finally:
         plt.close(figure)
+
+
+def _point_label(row: dict[str, Any]) -> str:
+    """"model precision", and the temperature for stochastic models."""
+    label = f"{row['model']} {row['precision']}"
+    return label if row["tau"] is None else f"{label} tau={row['tau']:g}"

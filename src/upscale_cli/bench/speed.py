@@ -24,8 +24,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from upscale_cli.bench.quality import open_upscaler
-from upscale_cli.bench.report import BenchError
+from upscale_cli.bench.quality import open_upscaler, precisions_for
+from upscale_cli.bench.report import BenchError, typed_errors
 from upscale_cli.errors import ExitCode, UpscaleError
 from upscale_cli.metrics import psnr
 from upscale_cli.models import BICUBIC
@@ -62,17 +62,12 @@ class WorkerError(UpscaleError):
         self.exit_code = ExitCode(exit_code)
 
 
-def configurations(models: list[str], sizes: list[int], precisions: list[str], tiles: list[str],
+def configurations(models: list[str], sizes: list[int], precisions: tuple[str, ...], tiles: tuple[str, ...],
                    **common: Any) -> list[SpeedConfig]:
     """Every (model, size, precision, tile) in that order; bicubic only once per size (fp32, untiled)."""
-    configs = []
-    for model in models:
-        for size in sizes:
-            if model == BICUBIC:
-                configs.append(SpeedConfig(model, size, "fp32", "none", **common))
-                continue
-            configs += [SpeedConfig(model, size, p, t, **common) for p in precisions for t in tiles]
-    return configs
+    return [SpeedConfig(model, size, precision, tile, **common)
+            for model in models for size in sizes for precision in precisions_for(model, precisions)
+            for tile in (("none",) if model == BICUBIC else tiles)]
 
 
 def shared_dir() -> Path:
@@ -162,13 +157,14 @@ def measure(upscaler: Any, lr: np.ndarray, config: SpeedConfig) -> tuple[dict[st
     height, width = lr.shape[:2]
     out_w, out_h = width * config.scale, height * config.scale
     memory = PeakMemory(upscaler.device)
-    for _ in range(config.warmup):
-        upscaler.upscale(lr, out_w, out_h, config.tile)
     times = []
-    for _ in range(config.repeat):
-        started = time.perf_counter()
-        output = upscaler.upscale(lr, out_w, out_h, config.tile)
-        times.append(time.perf_counter() - started)
+    with typed_errors(config.label):
+        for _ in range(config.warmup):
+            upscaler.upscale(lr, out_w, out_h, config.tile)
+        for _ in range(config.repeat):
+            started = time.perf_counter()
+            output = upscaler.upscale(lr, out_w, out_h, config.tile)
+            times.append(time.perf_counter() - started)
     ms = np.array(times) * 1000
     median = float(np.median(ms))
     megapixels = out_w * out_h / 1e6
@@ -192,8 +188,8 @@ class InProcess:
 
     isolated = False
 
-    def __init__(self) -> None:
-        self.loaded: dict[tuple[str, str], Any] = {}
+    def __init__(self, loaded: dict[tuple[str, str], Any]) -> None:
+        self.loaded = loaded  # (model, precision) -> Upscaler, added to as needed
 
     def run(self, config: SpeedConfig, lr: np.ndarray) -> tuple[dict[str, Any], np.ndarray]:
         key = (config.model, config.precision)
@@ -213,7 +209,8 @@ class Isolated:
 
     def run(self, config: SpeedConfig, lr: np.ndarray) -> tuple[dict[str, Any], np.ndarray]:
         self.count += 1
-        files = {name: str(self.workdir / f"{self.count}.{name}") for name in ("input.npy", "output.npy", "result.json")}
+        files = {name: str(self.workdir / f"{self.count}.{name}")
+                 for name in ("input.npy", "output.npy", "result.json")}
         np.save(files["input.npy"], lr)
         job = self.workdir / f"{self.count}.job.json"
         job.write_text(json.dumps({"config": asdict(config), **files}))
@@ -249,11 +246,15 @@ def compare_group(rows: list[dict[str, Any]], outputs: list[np.ndarray]) -> None
 
 
 def run_speed(configs: list[SpeedConfig], image: np.ndarray, isolate: bool,
-              on_result: Callable[[dict[str, Any]], None]) -> list[dict[str, Any]]:
-    """Measure every configuration (grouped by model and size) and return their figures with comparisons."""
+              on_result: Callable[[dict[str, Any]], None],
+              loaded: dict[tuple[str, str], Any] | None = None) -> list[dict[str, Any]]:
+    """Measure every configuration (grouped by model and size) and return their figures with comparisons.
+
+    In-process runs reuse the upscalers in `loaded`, keyed by (model, precision).
+    """
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="upscale-bench-") as workdir:
-        runner = Isolated(Path(workdir)) if isolate else InProcess()
+        runner = Isolated(Path(workdir)) if isolate else InProcess(dict(loaded or {}))
         for _, group in groupby(configs, key=lambda c: (c.model, c.size)):
             group_rows, outputs = [], []
             for config in group:
@@ -276,9 +277,6 @@ def worker_main(job_path: str) -> int:
         np.save(job["output.npy"], output)
     except UpscaleError as exc:
         result = {"error": str(exc), "exit_code": int(exc.exit_code)}
-    except (RuntimeError, ValueError, MemoryError) as exc:
-        result = {"error": f"{config.label}: {type(exc).__name__}: {exc}".splitlines()[0],
-                  "exit_code": int(ExitCode.MODEL)}
     Path(job["result.json"]).write_text(json.dumps(result))
     return 1 if "error" in result else 0
 

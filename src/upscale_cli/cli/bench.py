@@ -164,8 +164,8 @@ def model_list(requested: tuple[str, ...]) -> list[str]:
 
 
 def _quality(opts: dict[str, Any]) -> int:
-    from upscale_cli.bench.quality import (DEFAULT_SAMPLES, DEFAULT_TAU, evaluate_upscaler, load_dataset,
-                                           open_upscaler)
+    from upscale_cli.bench.quality import (DEFAULT_SAMPLES, DEFAULT_TAU, check_tile, evaluate_upscaler,
+                                           load_dataset, open_upscaler, precisions_for)
     from upscale_cli.bench.report import (describe_environment, environment, plot_quality_speed, print_table,
                                           quality_table, require_matplotlib, write_json)
 
@@ -179,7 +179,9 @@ def _quality(opts: dict[str, Any]) -> int:
         echo_err(f"{dataset.name}: {len(dataset.pairs)} images; {dataset.lr_note}")
     models = model_list(opts["models"])
     upscalers = [open_upscaler(model, scale, opts["device"], precision, opts["threads"])
-                 for model in models for precision in _precisions_for(model, opts["precisions"])]
+                 for model in models for precision in precisions_for(model, opts["precisions"])]
+    for upscaler in upscalers:
+        check_tile(upscaler, opts["tile"])
     deterministic = [u.name for u in upscalers if not u.stochastic]
     if (opts["taus"] or opts["samples"]) and deterministic:
         echo_err(f"note: --tau/--samples apply only to stochastic models; {', '.join(dict.fromkeys(deterministic))} "
@@ -213,18 +215,11 @@ def _quality(opts: dict[str, Any]) -> int:
     return 0
 
 
-def _precisions_for(model: str, precisions: tuple[str, ...]) -> tuple[str, ...]:
-    """bicubic has no reduced-precision path: it is measured once, in fp32."""
-    from upscale_cli.models import BICUBIC
-
-    return ("fp32",) if model == BICUBIC else precisions
-
-
 def _speed(opts: dict[str, Any]) -> int:
     import torch
 
+    from upscale_cli.bench.quality import check_tile, open_upscaler, precisions_for
     from upscale_cli.bench.report import describe_environment, environment, print_table, speed_table, write_json
-    from upscale_cli.bench.quality import open_upscaler
     from upscale_cli.bench.speed import choose_input, configurations, run_speed
 
     if opts["threads"]:
@@ -232,17 +227,20 @@ def _speed(opts: dict[str, Any]) -> int:
     models = model_list(opts["models"])
     common = {"scale": opts["scale"], "device": opts["device"], "threads": opts["threads"],
               "repeat": opts["repeat"], "warmup": opts["warmup"]}
-    # Load every model once here, so that unknown models and impossible precisions fail before any measuring.
-    upscalers = [open_upscaler(model, opts["scale"], opts["device"], precision, opts["threads"])
-                 for model in models for precision in _precisions_for(model, opts["precisions"])]
+    # Load every model once here, so that unknown models and impossible settings fail before any measuring.
+    loaded = {(model, precision): open_upscaler(model, opts["scale"], opts["device"], precision, opts["threads"])
+              for model in models for precision in precisions_for(model, opts["precisions"])}
+    for upscaler in loaded.values():
+        for tile in opts["tiles"]:
+            check_tile(upscaler, tile)
     image, source, real = choose_input(opts["image_path"])
-    env = environment(upscalers[0].device)
+    env = environment(next(iter(loaded.values())).device)
     echo_err(f"measuring on {describe_environment(env)}; input {source}"
              + ("" if real else " (agreement figures are on a synthetic image)"))
-    configs = configurations(models, list(opts["sizes"]), list(opts["precisions"]), list(opts["tiles"]), **common)
+    configs = configurations(models, list(opts["sizes"]), opts["precisions"], opts["tiles"], **common)
     rows = run_speed(configs, image, opts["isolate"], lambda r: echo_err(
         f"  {r['model']} {r['size']}px {r['precision']} tile={r['tile']}: {r['latency_ms']['median']:.1f} ms, "
-        f"{r['megapixels_per_second']:.3f} MP/s"))
+        f"{r['megapixels_per_second']:.3f} MP/s"), loaded)
     memory_note = ("each configuration in a fresh process" if opts["isolate"] else
                    "all in one process: a configuration shows only growth beyond earlier peaks; see --isolate")
     print_table(speed_table(rows, memory_note))

@@ -1,0 +1,194 @@
+"""`upscale bench quality|speed` through the CLI, and the figures behind them, on tiny images and a tiny model."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner, Result
+from PIL import Image
+
+from upscale_cli.bench.quality import Degradation, diversity, evaluate_upscaler, load_pairs, lr_consistency
+from upscale_cli.cli import cli
+from upscale_cli.metrics import psnr, rgb_to_y, shave
+from upscale_cli.resize import imresize, quantize
+
+
+def invoke(*args: str) -> Result:
+    return CliRunner().invoke(cli, ["bench", *args])
+
+
+def quality_json(tmp_path: Path, *args: str) -> dict[str, Any]:
+    out = tmp_path / f"q{len(list(tmp_path.glob('q*.json')))}.json"
+    result = invoke("quality", *args, "--json", str(out))
+    assert result.exit_code == 0, result.output
+    return json.loads(out.read_text())
+
+
+def row(data: dict[str, Any], model: str) -> dict[str, Any]:
+    return next(r for r in data["results"] if r["model"] == model)
+
+
+@pytest.fixture
+def paired_folder(image_folder: Path, tmp_path: Path) -> Path:
+    """The HR images of `image_folder` as HR/ + LR_x4/ (LR made with MATLAB bicubic, 8 bits)."""
+    folder = tmp_path / "paired"
+    (folder / "HR").mkdir(parents=True)
+    (folder / "LR_x4").mkdir()
+    for path in sorted(image_folder.glob("*.png")):
+        hr = np.array(Image.open(path))
+        Image.fromarray(hr).save(folder / "HR" / path.name)
+        lr = quantize(imresize(torch.from_numpy(hr).permute(2, 0, 1).double() / 255, scale=1 / 4))
+        Image.fromarray((lr.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(folder / "LR_x4" / path.name)
+    return folder
+
+
+def test_quality_reports_bicubic_and_the_model(image_folder: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    out = tmp_path / "quality.json"
+    result = invoke("quality", "--data", str(image_folder), "--model", str(tiny_checkpoint), "--json", str(out))
+    assert result.exit_code == 0, result.output
+    assert "bicubic" in result.stdout and "tiny_x4" in result.stdout
+    data = json.loads(out.read_text())
+    assert [r["model"] for r in data["results"]] == ["bicubic", "tiny_x4"]
+    assert data["settings"]["scale"] == 4 and data["settings"]["precisions"] == ["fp32"]
+    assert data["environment"]["torch"] == torch.__version__ and data["environment"]["cpu"]
+    for entry in data["results"]:
+        assert entry["images_count"] == 3 and len(entry["images"]) == 3
+        assert set(entry["mean"]) == {"psnr_y", "ssim_y", "psnr_rgb", "sharpness", "lr_psnr"}
+        assert entry["megapixels_per_second"] > 0
+
+
+def test_bicubic_psnr_matches_a_direct_computation(image_folder: Path, tmp_path: Path) -> None:
+    data = quality_json(tmp_path, "--data", str(image_folder), "--model", "bicubic")
+    expected = []
+    for path in sorted(image_folder.glob("*.png")):
+        hr = torch.from_numpy(np.asarray(Image.open(path), dtype=np.float64) / 255).permute(2, 0, 1)
+        lr = quantize(imresize(hr, scale=1 / 4))
+        sr = quantize(imresize(lr, scale=4))
+        expected.append(psnr(shave(rgb_to_y(sr), 4), shave(rgb_to_y(hr), 4)))
+    assert row(data, "bicubic")["mean"]["psnr_y"] == pytest.approx(sum(expected) / len(expected), abs=1e-6)
+
+
+def test_degrade_blur_lowers_bicubic_and_ignores_given_lr(paired_folder: Path, tmp_path: Path) -> None:
+    clean = quality_json(tmp_path, "--data", str(paired_folder), "--model", "bicubic")
+    assert row(clean, "bicubic")["lr"] == "LR_x4"
+    out = tmp_path / "blur.json"
+    result = invoke("quality", "--data", str(paired_folder), "--model", "bicubic", "--degrade", "blur:2",
+                    "--json", str(out))
+    assert result.exit_code == 0, result.output
+    assert "NOT used" in result.stderr
+    blurred = row(json.loads(out.read_text()), "bicubic")
+    assert blurred["lr"] == "blur:2"
+    assert blurred["mean"]["psnr_y"] < row(clean, "bicubic")["mean"]["psnr_y"] - 0.5
+
+
+def test_tau_on_deterministic_models_is_a_note(image_folder: Path, tmp_path: Path) -> None:
+    result = invoke("quality", "--data", str(image_folder), "--model", "bicubic", "--tau", "0.5,0.9")
+    assert result.exit_code == 0, result.output
+    assert "apply only to stochastic models" in result.stderr
+
+
+def test_bad_data_path_is_a_one_line_error(tmp_path: Path) -> None:
+    result = invoke("quality", "--data", str(tmp_path / "missing"), "--model", "bicubic")
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines() == [f"error: --data {tmp_path / 'missing'}: no such folder"]
+
+
+def test_plot_without_matplotlib_gives_the_install_hint(image_folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` raise ImportError
+    result = invoke("quality", "--data", str(image_folder), "--model", "bicubic", "--plot", "out.png")
+    assert result.exit_code == 2
+    assert "pip install 'upscale-cli[plot]'" in result.stderr
+    assert "Quality" not in result.stdout  # refused before measuring anything
+
+
+def test_speed_measures_both_precisions_and_their_agreement(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    out = tmp_path / "speed.json"
+    result = invoke("speed", "--model", str(tiny_checkpoint), "--size", "32", "--repeat", "2",
+                    "--precision", "fp32,bf16", "--tile", "none,24", "--in-process", "--json", str(out))
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    assert data["settings"]["sizes"] == [32] and data["environment"]["threads"] >= 1
+    model_rows = {(r["precision"], r["tile"]): r for r in data["results"] if r["model"] == "tiny_x4"}
+    assert set(model_rows) == {("fp32", "none"), ("fp32", "24"), ("bf16", "none"), ("bf16", "24")}
+    for entry in data["results"]:
+        assert entry["megapixels_per_second"] > 0 and entry["out_width"] == 128
+        assert len(entry["latency_ms"]["runs"]) == 2
+    bf16 = model_rows[("bf16", "none")]
+    assert isinstance(bf16["agreement_vs_fp32_db"], float) and bf16["agreement_vs_fp32_db"] > 20
+    assert bf16["speedup_vs_fp32"] > 0
+    # The tiny model's receptive field is within the default 16 px overlap: tiling changes nothing.
+    assert model_rows[("fp32", "24")]["agreement_vs_untiled_db"] == "inf"
+    assert "bicubic" in result.stdout and "bf16" in result.stdout
+
+
+def test_speed_in_a_fresh_process(tmp_path: Path) -> None:
+    out = tmp_path / "speed.json"
+    result = invoke("speed", "--model", "bicubic", "--size", "16", "--repeat", "1", "--json", str(out))
+    assert result.exit_code == 0, result.output
+    (entry,) = json.loads(out.read_text())["results"]
+    assert entry["isolated"] and entry["megapixels_per_second"] > 0
+    assert entry["memory"]["peak_bytes"] > entry["memory"]["increase_bytes"] >= 0
+
+
+def test_speed_refuses_fp16_on_the_cpu(tiny_checkpoint: Path) -> None:
+    result = invoke("speed", "--model", str(tiny_checkpoint), "--size", "16", "--precision", "fp16",
+                    "--device", "cpu")
+    assert result.exit_code == 2
+    assert len(result.stderr.strip().splitlines()) == 1 and "fp16" in result.stderr
+
+
+def test_diversity_of_synthetic_samples() -> None:
+    base = torch.rand(3, 8, 8, generator=torch.Generator().manual_seed(0))
+    assert diversity([base, base.clone(), base.clone()]) == 0
+    # Two samples 2d apart have a per-pixel standard deviation of d (population std).
+    assert diversity([base - 0.01, base + 0.01]) == pytest.approx(0.01 * 255)
+    with pytest.raises(ValueError):
+        diversity([base])
+
+
+def test_lr_consistency_of_bicubic_is_high_and_of_a_wrong_output_low() -> None:
+    lr = quantize(imresize(torch.rand(3, 4, 4, generator=torch.Generator().manual_seed(0)), size=(16, 16)))
+    assert lr_consistency(imresize(lr, scale=4), lr) > 30
+    assert lr_consistency(torch.zeros(3, 64, 64), lr) < 10
+
+
+def test_degradation_specs() -> None:
+    assert Degradation.parse("blur:1.2") == Degradation(blur=1.2)
+    assert Degradation.parse("blur:1.2,noise:10").label == "blur:1.2,noise:10"
+    assert Degradation.parse("noise:5").label == "noise:5"
+    for bad in ("blurry:1", "blur:x", "blur:1,blur:2", "noise:-1"):
+        with pytest.raises(ValueError):
+            Degradation.parse(bad)
+    hr = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(0))
+    noisy = [Degradation(noise=10).apply(hr, 4, torch.Generator().manual_seed(s)) for s in (1, 1, 2)]
+    assert noisy[0].shape == (3, 8, 8) and torch.equal(noisy[0], noisy[1]) and not torch.equal(noisy[0], noisy[2])
+
+
+class StandInSampler:
+    """A stochastic upscaler for this test only: bicubic plus seeded noise whose size is tau."""
+
+    name = "stand-in"
+    stochastic = True
+
+    def upscale(self, rgb: np.ndarray, out_width: int, out_height: int, tile_spec: str, *, seed: int,
+                tau: float) -> np.ndarray:
+        image = imresize(torch.from_numpy(rgb).permute(2, 0, 1), size=(out_height, out_width))
+        noise = torch.randn(image.shape, generator=torch.Generator().manual_seed(seed))
+        return (image + tau * 0.05 * noise).permute(1, 2, 0).numpy()
+
+
+def test_stochastic_models_get_one_result_per_tau_with_diversity(image_folder: Path) -> None:
+    pairs = load_pairs(image_folder, 4)
+    results = evaluate_upscaler(StandInSampler(), pairs, 4, "none", taus=(0.0, 0.5, 1.0), samples=2, seed=7)
+    assert [(r["tau"], r["samples"]) for r in results] == [(0.0, 2), (0.5, 2), (1.0, 2)]
+    spread = [r["mean"]["diversity"] for r in results]
+    assert spread[0] == 0 and 0 < spread[1] < spread[2]
+    assert results[0]["mean"]["psnr_y"] > results[2]["mean"]["psnr_y"]
+    assert all(math.isfinite(r["mean"]["lr_psnr"]) for r in results)
