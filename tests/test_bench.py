@@ -192,3 +192,31 @@ def test_stochastic_models_get_one_result_per_tau_with_diversity(image_folder: P
     assert spread[0] == 0 and 0 < spread[1] < spread[2]
     assert results[0]["mean"]["psnr_y"] > results[2]["mean"]["psnr_y"]
     assert all(math.isfinite(r["mean"]["lr_psnr"]) for r in results)
+
+
+def test_record_stores_figures_in_checkpoint_metadata(tmp_path: Path) -> None:
+    """--record writes the measured means into the checkpoint, where `upscale models` reads them."""
+    from upscale_cli.archs.srresnet import SRResNet, SRResNetConfig
+    from upscale_cli.checkpoint import CheckpointInfo, config_dict, load_model, read_info, save_checkpoint
+    from upscale_cli.cli import cli
+
+    hr_dir = tmp_path / "Tiny" / "HR"
+    hr_dir.mkdir(parents=True)
+    from PIL import Image
+
+    from conftest import smooth_image
+
+    Image.fromarray(smooth_image(32, 32, 5)).save(hr_dir / "a.png")
+    config = SRResNetConfig(scale=4, channels=8, blocks=1)
+    path = tmp_path / "rec_x4.safetensors"
+    save_checkpoint(path, SRResNet(config), CheckpointInfo("srresnet", 4, config_dict(config), name="rec_x4"))
+    before, _ = load_model(path)
+    result = CliRunner().invoke(cli, ["bench", "quality", "--data", str(tmp_path / "Tiny"), "-m", str(path),
+                                      "--json", str(tmp_path / "q.json"), "--record"])
+    assert result.exit_code == 0, result.output
+    stored = read_info(path).metrics["Tiny"]
+    measured = [r for r in json.loads((tmp_path / "q.json").read_text())["results"] if r["model"] == "rec_x4"][0]
+    assert stored["psnr_y"] == measured["mean"]["psnr_y"] and stored["images"] == 1
+    after, _ = load_model(path)
+    for key, value in before.state_dict().items():
+        assert torch.equal(value, after.state_dict()[key])

@@ -96,6 +96,26 @@ def save_checkpoint(path: Path, model: nn.Module, info: CheckpointInfo) -> None:
         raise
 
 
+def record_metrics(path: Path, name: str, figures: dict[str, Any]) -> None:
+    """Store measured `figures` under `metrics[name]` in the checkpoint's metadata (atomic rewrite)."""
+    path = Path(path)
+    info = read_info(path)
+    info.metrics[name] = figures
+    model = _TensorHolder(load_file(str(path)))
+    save_checkpoint(path, model, info)
+
+
+class _TensorHolder(nn.Module):
+    """Lets `save_checkpoint` write a plain tensor dict (its state_dict is the dict itself)."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor]) -> None:
+        super().__init__()
+        self.tensors = tensors
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:  # type: ignore[override]
+        return self.tensors
+
+
 def read_info(path: Path) -> CheckpointInfo:
     """Only the metadata (cheap: the tensors are not read)."""
     path = Path(path)

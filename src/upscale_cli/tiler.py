@@ -4,6 +4,11 @@ The image is cut into regions that overlap by `overlap` LR pixels. Each region i
 window grown by `overlap` on every side, so for a model whose receptive radius is at most `overlap`
 the tiled output equals the untiled one. Overlapping outputs are feathered together. Running out of
 memory shrinks the tiles; a non-finite tile in bf16/fp16 is redone in fp32.
+
+`align` (default 1) makes every region and input-window boundary a multiple of `align` LR pixels,
+except boundaries at the image end; models with a latent grid coarser than the LR image (SRFlow's
+z at LR/2) need it. The caller pads the image to a multiple of `align` so that every window is
+aligned and has an aligned size, and crops the output afterwards.
 """
 
 from __future__ import annotations
@@ -50,12 +55,24 @@ class TileRunner(Protocol):
         ...
 
 
-def tile_spans(length: int, tile: int, overlap: int) -> list[Span]:
+def tile_spans(length: int, tile: int, overlap: int, align: int = 1) -> list[Span]:
     """Equal-length regions [start, end) covering [0, length), each at most `tile` long, neighbours
     overlapping by at least `overlap`: the fewest such regions, spread evenly (strides differ by <= 1 px).
+
+    With `align` > 1 the same is done in units of `align` px (tile rounded down, overlap rounded up),
+    so every boundary is a multiple of `align` except the end of an image whose length is not.
     """
-    if length < 1 or tile < 1 or overlap < 0:
-        raise ValueError(f"bad tiling: length={length}, tile={tile}, overlap={overlap}")
+    if length < 1 or tile < 1 or overlap < 0 or align < 1:
+        raise ValueError(f"bad tiling: length={length}, tile={tile}, overlap={overlap}, align={align}")
+    if align > 1:
+        if length <= tile:
+            return [(0, length)]
+        units, tile_units, overlap_units = -(-length // align), tile // align, -(-overlap // align)
+        if tile_units <= overlap_units:
+            raise ValueError(f"the tile size ({tile}) must be larger than the tile overlap ({overlap}) "
+                             f"once both are aligned to {align} px")
+        spans = tile_spans(units, tile_units, overlap_units)
+        return [(start * align, min(end * align, length)) for start, end in spans]
     if length <= tile:
         return [(0, length)]
     if tile <= overlap:
@@ -66,10 +83,10 @@ def tile_spans(length: int, tile: int, overlap: int) -> list[Span]:
     return [(start, start + size) for start in starts]
 
 
-def make_windows(height: int, width: int, tile: int | None, overlap: int) -> list[Window]:
+def make_windows(height: int, width: int, tile: int | None, overlap: int, align: int = 1) -> list[Window]:
     """All tiles of a height x width image in row-major order; `tile` None gives one window for the whole image."""
-    rows, cols = _grid(height, width, tile, overlap)
-    return [_window(row, col, overlap, height, width) for row in rows for col in cols]
+    rows, cols = _grid(height, width, tile, overlap, align)
+    return [_window(row, col, overlap, height, width, align) for row in rows for col in cols]
 
 
 def upscale_tiled(
@@ -85,20 +102,22 @@ def upscale_tiled(
     prepared: bool = False,
     on_tile: Callable[[int, int], None] | None = None,
     warn: Callable[[str], None] | None = None,
+    align: int = 1,
 ) -> torch.Tensor:
     """Upscale a (1, C, H, W) float32 image tile by tile into (1, C_out, H*s, W*s) float32.
 
     `runner.prepare` is called once unless `prepared` (then `state` is used); `on_tile(done, total)`
-    reports progress; `warn` receives notices about fp32 redos and out-of-memory tile shrinking.
+    reports progress; `warn` receives notices about fp32 redos and out-of-memory tile shrinking;
+    `align` aligns every tile boundary to a multiple of that many LR px (see the module docstring).
     """
-    _check_arguments(image, tile, overlap, precision, batch)
+    _check_arguments(image, tile, overlap, precision, batch, align)
     height, width = image.shape[-2:]
-    rows, cols = _grid(height, width, tile, overlap)
+    rows, cols = _grid(height, width, tile, overlap, align)
     with torch.no_grad():
         if not prepared:
             state = runner.prepare(image)
         first_tile = tile if tile is not None else max(height, width)
-        engine = _Engine(runner, image, state, first_tile, overlap, precision, min_tile, warn)
+        engine = _Engine(runner, image, state, first_tile, overlap, precision, min_tile, warn, align)
         return engine.render(rows, cols, batch, on_tile)
 
 
@@ -151,7 +170,8 @@ def _mem_available() -> int | None:
     return None
 
 
-def _check_arguments(image: torch.Tensor, tile: int | None, overlap: int, precision: str, batch: int) -> None:
+def _check_arguments(image: torch.Tensor, tile: int | None, overlap: int, precision: str, batch: int,
+                     align: int = 1) -> None:
     """Reject calls that are programming errors before any work is done."""
     if image.ndim != 4 or image.shape[0] != 1:
         raise ValueError(f"expected a (1, C, H, W) image, got shape {tuple(image.shape)}")
@@ -163,19 +183,24 @@ def _check_arguments(image: torch.Tensor, tile: int | None, overlap: int, precis
         raise ValueError(f"unknown precision {precision!r} (use {', '.join(TILE_PRECISIONS)})")
     if batch < 1:
         raise ValueError(f"the tile batch must be at least 1, got {batch}")
+    if align < 1:
+        raise ValueError(f"the tile alignment must be at least 1, got {align}")
+    if tile is not None and tile < align:
+        raise ValueError(f"the tile size ({tile}) must be at least the alignment ({align})")
 
 
-def _grid(height: int, width: int, tile: int | None, overlap: int) -> tuple[list[Span], list[Span]]:
+def _grid(height: int, width: int, tile: int | None, overlap: int, align: int = 1) -> tuple[list[Span], list[Span]]:
     """Row and column spans of the tiling (one span per axis when `tile` is None)."""
     if tile is None:
         return [(0, height)], [(0, width)]
-    return tile_spans(height, tile, overlap), tile_spans(width, tile, overlap)
+    return tile_spans(height, tile, overlap, align), tile_spans(width, tile, overlap, align)
 
 
-def _window(rows: Span, cols: Span, overlap: int, height: int, width: int) -> Window:
-    """The tile for one region, its input window grown by `overlap` and clamped to the image."""
-    in_top, in_bottom = max(0, rows[0] - overlap), min(height, rows[1] + overlap)
-    in_left, in_right = max(0, cols[0] - overlap), min(width, cols[1] + overlap)
+def _window(rows: Span, cols: Span, overlap: int, height: int, width: int, align: int = 1) -> Window:
+    """The tile for one region, its input window grown by `overlap` (outwards to a multiple of `align`)
+    and clamped to the image."""
+    in_top, in_bottom = max(0, (rows[0] - overlap) // align * align), min(height, -(-(rows[1] + overlap) // align) * align)
+    in_left, in_right = max(0, (cols[0] - overlap) // align * align), min(width, -(-(cols[1] + overlap) // align) * align)
     return Window(
         rows[0], cols[0], rows[1] - rows[0], cols[1] - cols[0],
         in_top, in_left, in_bottom - in_top, in_right - in_left,
@@ -263,9 +288,11 @@ class _Engine:
         precision: str,
         min_tile: int,
         warn: Callable[[str], None] | None,
+        align: int = 1,
     ) -> None:
         self.runner, self.image, self.state = runner, image, state
         self.tile, self.overlap, self.precision, self.min_tile = tile, overlap, precision, min_tile
+        self.align = align
         self.warn = warn or (lambda message: None)
 
     def render(
@@ -273,7 +300,7 @@ class _Engine:
     ) -> torch.Tensor:
         """Run every region (batching same-shaped windows) and blend the results into the output image."""
         height, width = self.image.shape[-2:]
-        windows = [_window(row, col, self.overlap, height, width) for row in rows for col in cols]
+        windows = [_window(row, col, self.overlap, height, width, self.align) for row in rows for col in cols]
         canvas = _Canvas(rows, cols, self.runner.scale, self.image.device)
         done = 0
         for chunk in _batches(windows, batch):
@@ -314,8 +341,8 @@ class _Engine:
     def _shrink(self, window: Window) -> None:
         """Halve the tile that ran out of memory, refusing to go below min_tile or down to the overlap."""
         failed = max(window.height, window.width)
-        smaller = min(self.tile, failed) // 2
-        floor = max(self.min_tile, self.overlap + 1)
+        smaller = min(self.tile, failed) // 2 // self.align * self.align
+        floor = max(self.min_tile, (-(-self.overlap // self.align) + 1) * self.align)
         if smaller < floor:
             raise InferenceError(
                 f"out of memory even with {failed} px tiles (the minimum is {floor} px); "
@@ -327,12 +354,14 @@ class _Engine:
     def _split(self, window: Window) -> torch.Tensor:
         """A region's output assembled from sub-regions of the current tile size, blended like the image's tiles."""
         height, width = self.image.shape[-2:]
-        rows = [(window.top + a, window.top + b) for a, b in tile_spans(window.height, self.tile, self.overlap)]
-        cols = [(window.left + a, window.left + b) for a, b in tile_spans(window.width, self.tile, self.overlap)]
+        rows = [(window.top + a, window.top + b)
+                for a, b in tile_spans(window.height, self.tile, self.overlap, self.align)]
+        cols = [(window.left + a, window.left + b)
+                for a, b in tile_spans(window.width, self.tile, self.overlap, self.align)]
         canvas = _Canvas(rows, cols, self.runner.scale, self.image.device)
         for row in rows:
             for col in cols:
-                sub = _window(row, col, self.overlap, height, width)
+                sub = _window(row, col, self.overlap, height, width, self.align)
                 canvas.add(sub, self._region(sub))
         return canvas.result()
 

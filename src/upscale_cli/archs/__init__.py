@@ -11,6 +11,7 @@ from upscale_cli.archs.base import Architecture
 
 _MODULES: dict[str, str] = {
     "srresnet": "upscale_cli.archs.srresnet",
+    "srflow": "upscale_cli.archs.srflow",
 }
 
 

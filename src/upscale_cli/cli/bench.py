@@ -111,6 +111,9 @@ def common_options(function: Callable[..., Any]) -> Callable[..., Any]:
               help="Seed of --degrade noise and of stochastic samples.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Draw PSNR-Y against output MP/s to this PNG (needs matplotlib: pip install 'upscale-cli[plot]').")
+@click.option("--record", is_flag=True,
+              help="Store the fp32 figures (undegraded data) in each measured checkpoint's metadata, "
+                   "where `upscale models` shows them.")
 def quality(**opts: Any) -> None:
     """PSNR-Y, SSIM-Y, RGB PSNR, sharpness and LR-consistency of each model on each --data folder.
 
@@ -212,7 +215,29 @@ def _quality(opts: dict[str, Any]) -> int:
     if opts["plot_path"]:
         plot_quality_speed(rows, opts["plot_path"], f"x{scale} quality against speed on {describe_environment(env)}")
         echo_err(f"wrote {opts['plot_path']}")
+    if opts["record"]:
+        record_rows(rows)
     return 0
+
+
+def record_rows(rows: list[dict[str, Any]]) -> None:
+    """Write each checkpoint's fp32 figures on undegraded data into its metadata, keyed by dataset name."""
+    import shlex
+    import sys
+
+    from upscale_cli.checkpoint import record_metrics
+
+    command = "upscale " + shlex.join(sys.argv[1:])
+    for row in rows:
+        undegraded = row["lr"].startswith("LR_x") or row["lr"] == "bicubic"
+        if row["model_path"] is None or row["precision"] != "fp32" or not undegraded:
+            continue
+        figures = {**row["mean"], "images": row["images_count"], "lr_files": row["lr_note"], "command": command}
+        if row.get("tau") is not None:
+            figures["tau"] = row["tau"]
+        key = row["dataset"] if row.get("tau") is None else f"{row['dataset']}@tau{row['tau']:g}"
+        record_metrics(Path(row["model_path"]), key, figures)
+        echo_err(f"recorded {key} figures in {row['model_path']}")
 
 
 def _speed(opts: dict[str, Any]) -> int:

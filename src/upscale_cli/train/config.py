@@ -41,6 +41,10 @@ class TrainConfig:
     pixel_weight: float = 0.0
     vgg_weights: str = ""
     d_lr: float = 0.0  # 0 = same as lr
+    # SRFlow
+    encoder_frozen_fraction: float = 0.5  # encoder (from `init`) frozen for this fraction of iters, then trained
+    hr_noise: bool = True  # dequantisation noise (Gaussian, std 4/(sqrt(3)*255)) added to HR while training
+    val_crop: int = 128  # SRFlow validation uses HR centre crops of at most this size (CPU cost)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)

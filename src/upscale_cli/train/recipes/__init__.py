@@ -13,6 +13,7 @@ from upscale_cli.train.config import TrainConfig
 _RECIPES = {
     "srresnet": "upscale_cli.train.recipes.srresnet",
     "srgan": "upscale_cli.train.recipes.srgan",
+    "srflow": "upscale_cli.train.recipes.srflow",
 }
 
 AutocastFactory = Callable[[], Any]

@@ -1,0 +1,511 @@
+"""SRFlow (Lugmayr et al., ECCV 2020): a conditional normalizing flow over HR images given LR features.
+
+Written from the paper and the implementation notes in `shared/research/model_specs.md` section 2
+(the official code is CC BY-NC-SA and was not copied).
+
+* Encoder (conditioning network): our SRResNet (`archs/srresnet.py`), so trained SRResNet weights
+  initialise it. Its 9x9 tail conv and any upsampling stage the flow does not read are removed.
+  Features: `last_lr_fea` = head + trunk_tail(trunk(head)) at LR; the outputs of the residual blocks
+  listed in `stack_blocks`, concatenated (4 x 64 = 256 channels); the pixel-shuffle outputs of the
+  upsampling stages (pre-activation: 2xLR, and 4xLR at x8); `fea_up0` = bilinear 1/2 of last_lr_fea.
+  The stack is resized with nearest-neighbour to each level's resolution and concatenated to that
+  level's feature: every condition has (1 + len(stack_blocks)) * encoder_channels (= 320) channels.
+  The encoder always runs in eval mode (BatchNorm uses its running statistics, also while it is
+  trained jointly), so training, full-image and tiled inference see the same features.
+* Flow (encode direction HR -> z), level l = 1..L at HR / 2^l (L = log2(scale) + 1):
+  squeeze -> `transition_steps` x (ActNorm, 1x1 conv) -> `steps` x (ActNorm, 1x1 conv, affine
+  injector, conditional affine coupling) -> split with a learned prior for l <= L - 2.
+  x4: 3 -> 12 @HR/2 (split: 6 out) -> 24 @HR/4 = LR -> 96 @HR/8 = LR/2. Conditions: l1 @2xLR uses
+  the 2x upsampling stage, l2 @LR uses last_lr_fea, l3 @LR/2 uses fea_up0. x8 adds one level.
+* Latents (`encode` output and `sample`'s `noise`): a list ordered finest first,
+  [eps of the split after level 1, (eps after level 2 at x8), z_top]. x4 with LR h x w:
+  [(6, 2h, 2w), (96, h/2, w/2)]. All are standard normal under the model.
+* NLL in bits per dimension: -(log p(y | x)) / (3 H W ln 2), where log p = sum of log|det J| +
+  log N(eps_i; 0, I) for every split + log N(z_top; 0, I). This is the continuous density of the
+  [0, 1] image (no constant offset for 8-bit discretisation): it is negative for a good model.
+  Training adds Gaussian noise of std 4 / (sqrt(3) * 255) to HR (dequantisation, spec 2.5).
+* Sampling: z_top ~ tau * N(0, I) and every split's eps ~ tau * N(0, I), then the flow in reverse in
+  fp32 (the encoder may run under bf16 autocast). tau = 0 is the deterministic "mean" output. The LR
+  is reflection-padded to even size and the output cropped back; the output is nan_to_num'ed and
+  clamped to [0, 1].
+* `forward(lr)` is `sample(lr, tau=0)` so that generic code calling `model(lr)` gets the
+  deterministic output; sampling at a temperature goes through `sample` or `SRFlowRunner`.
+* A freshly built model cannot sample: its ActNorm layers are initialised from data on the first
+  training batch (`initialize`). Loading trained weights restores the initialised state.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from upscale_cli.archs.base import Architecture
+from upscale_cli.archs.srresnet import SRResNet, SRResNetConfig
+from upscale_cli.device import autocast
+from upscale_cli.flows.layers import (
+    ActNorm,
+    FlowSequence,
+    FlowStep,
+    InvertibleLayer,
+    Split,
+    Squeeze,
+    standard_normal_log_prob,
+    transition_step,
+)
+from upscale_cli.tiler import Window, upscale_tiled
+
+HR_NOISE_STD = 4.0 / (math.sqrt(3.0) * 255.0)  # dequantisation noise of spec 2.5 (on [0, 1] images)
+DEFAULT_TAU = 0.9
+SUPPORTED_SCALES = (4, 8)
+
+
+@dataclass(frozen=True)
+class SRFlowConfig:
+    """SRFlow hyper-parameters. The paper's x4 model is steps=16, hidden=64 with an RRDB encoder;
+    here the encoder is an SRResNet of `encoder_blocks` blocks and `encoder_channels` channels."""
+
+    scale: int = 4
+    levels: int = 3
+    steps: int = 16
+    hidden: int = 64
+    encoder_channels: int = 64
+    encoder_blocks: int = 16
+    encoder_norm: str = "batch"
+    stack_blocks: tuple[int, ...] = (1, 5, 10, 15)
+    transition_steps: int = 2
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "stack_blocks", tuple(int(i) for i in self.stack_blocks))
+        if self.scale not in SUPPORTED_SCALES:
+            raise ValueError(f"srflow scale must be 4 or 8, not {self.scale}")
+        expected = int(math.log2(self.scale)) + 1
+        if self.levels != expected:
+            raise ValueError(f"srflow x{self.scale} has {expected} levels (HR/2 down to LR/2), not {self.levels}")
+        for name in ("steps", "hidden", "encoder_channels", "encoder_blocks"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"srflow {name} must be at least 1, not {getattr(self, name)}")
+        if self.transition_steps < 0:
+            raise ValueError(f"srflow transition_steps must not be negative, not {self.transition_steps}")
+        if self.encoder_norm not in ("batch", "none"):
+            raise ValueError(f"srflow encoder_norm must be 'batch' or 'none', not {self.encoder_norm!r}")
+        if not self.stack_blocks:
+            raise ValueError("srflow stack_blocks must name at least one encoder block")
+        if len(set(self.stack_blocks)) != len(self.stack_blocks):
+            raise ValueError(f"srflow stack_blocks has duplicates: {self.stack_blocks}")
+        bad = [i for i in self.stack_blocks if not 0 <= i < self.encoder_blocks]
+        if bad:
+            raise ValueError(
+                f"srflow stack_blocks {bad} are not blocks of a {self.encoder_blocks}-block encoder "
+                f"(0-based indices below {self.encoder_blocks})"
+            )
+
+    @property
+    def cond_channels(self) -> int:
+        return (1 + len(self.stack_blocks)) * self.encoder_channels
+
+    def level_factor(self, level: int) -> float:
+        """Resolution of flow level `level` (1-based) relative to the LR image: scale / 2^level."""
+        return self.scale / 2**level
+
+    def has_split(self, level: int) -> bool:
+        return level <= self.levels - 2
+
+
+def default_stack_blocks(blocks: int) -> tuple[int, ...]:
+    """Four encoder blocks spread over the trunk: (1, 5, 10, 15) for 16 blocks, fewer for tiny trunks."""
+    if blocks == 16:
+        return (1, 5, 10, 15)
+    return tuple(sorted({min(blocks - 1, round(1 + i * (blocks - 2) / 3)) for i in range(4)}))
+
+
+class FlowLevel(nn.Module):
+    """One level of the multi-scale flow: squeeze, transition steps, conditional steps, optional split."""
+
+    def __init__(self, in_channels: int, cond_channels: int, config: SRFlowConfig, split: bool) -> None:
+        super().__init__()
+        channels = 4 * in_channels
+        self.squeeze = Squeeze()
+        self.transitions = FlowSequence([transition_step(channels) for _ in range(config.transition_steps)])
+        self.steps = FlowSequence([FlowStep(channels, cond_channels, config.hidden) for _ in range(config.steps)])
+        self.split = Split(channels) if split else None
+        self.channels = channels
+        self.out_channels = self.split.keep_channels if self.split is not None else channels
+
+
+class SRFlowNet(InvertibleLayer):
+    """The multi-scale conditional flow. `cond` is the list of per-level conditions (finest first).
+
+    forward(x, cond) -> (latents, logdet): latents = [eps of each split (finest first)..., z_top];
+    logdet = sum of log|det J| over all layers (no prior terms; see flows.layers).
+    reverse(latents, cond) -> (x, logdet); an eps entry may be None (drawn at `tau` from `generator`).
+    """
+
+    def __init__(self, config: SRFlowConfig) -> None:
+        super().__init__()
+        self.config = config
+        levels = []
+        channels = 3
+        for level in range(1, config.levels + 1):
+            block = FlowLevel(channels, config.cond_channels, config, split=config.has_split(level))
+            levels.append(block)
+            channels = block.out_channels
+        self.levels = nn.ModuleList(levels)
+        self.top_channels = channels
+
+    def forward(  # type: ignore[override]
+        self, x: torch.Tensor, cond: Sequence[torch.Tensor] | None = None
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        assert cond is not None and len(cond) == len(self.levels), "one condition per level is needed"
+        total = x.new_zeros(x.shape[0])
+        latents = []
+        for level, u in zip(self.levels, cond):
+            x, _ = level.squeeze(x)
+            x, logdet = level.transitions(x)
+            total = total + logdet
+            x, logdet = level.steps(x, u)
+            total = total + logdet
+            if level.split is not None:
+                (x, eps), logdet = level.split(x)
+                total = total + logdet
+                latents.append(eps)
+        latents.append(x)
+        return latents, total
+
+    def reverse(  # type: ignore[override]
+        self,
+        z: Sequence[torch.Tensor | None],
+        cond: Sequence[torch.Tensor] | None = None,
+        *,
+        tau: float = 1.0,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        assert cond is not None and len(cond) == len(self.levels), "one condition per level is needed"
+        splits = sum(level.split is not None for level in self.levels)
+        if len(z) != splits + 1:
+            raise ValueError(f"expected {splits + 1} latent tensors, got {len(z)}")
+        x = z[-1]
+        if x is None:
+            raise ValueError("the top-level latent must be given")
+        total = x.new_zeros(x.shape[0])
+        eps_index = splits
+        for level, u in zip(reversed(self.levels), reversed(list(cond))):
+            if level.split is not None:
+                eps_index -= 1
+                x, logdet = level.split.reverse((x, z[eps_index]), tau=tau, generator=generator)
+                total = total + logdet
+            x, logdet = level.steps.reverse(x, u)
+            total = total + logdet
+            x, logdet = level.transitions.reverse(x)
+            total = total + logdet
+            x, _ = level.squeeze.reverse(x)
+        return x, total
+
+
+class SRFlow(nn.Module):
+    """SRFlow: SRResNet encoder + conditional multi-scale flow. See the module docstring."""
+
+    def __init__(self, config: SRFlowConfig) -> None:
+        super().__init__()
+        self.config = config
+        encoder = SRResNet(SRResNetConfig(scale=config.scale, channels=config.encoder_channels,
+                                          blocks=config.encoder_blocks, norm=config.encoder_norm))
+        # Keep the upsampling stages up to the last one the flow reads (pre-activation: conv + shuffle).
+        self.up_stages = int(math.log2(config.scale)) - 1
+        encoder.upsample = nn.Sequential(*list(encoder.upsample)[: 3 * self.up_stages - 1])
+        del encoder.tail
+        self.encoder = encoder.eval()
+        self.flow = SRFlowNet(config)
+        self._stack = set(config.stack_blocks)
+
+    # ----- modes -------------------------------------------------------------------------------
+    def train(self, mode: bool = True) -> SRFlow:
+        super().train(mode)
+        self.encoder.eval()  # frozen BatchNorm statistics, always (see module docstring)
+        return self
+
+    @property
+    def initialized(self) -> bool:
+        """True when every ActNorm (flow and parameter networks) has been initialised from data."""
+        return all(m.is_initialized for m in self.modules() if isinstance(m, ActNorm))
+
+    def _check_initialized(self) -> None:
+        if not self.initialized:
+            raise RuntimeError(
+                "this SRFlow model is untrained: its ActNorm layers are initialised from the first training "
+                "batch (SRFlow.initialize) or by loading trained weights"
+            )
+
+    @torch.no_grad()
+    def initialize(self, hr: torch.Tensor, lr: torch.Tensor, noise: bool = True) -> None:
+        """Data-dependent ActNorm initialisation: one encode pass in training mode (no-op once done)."""
+        was_training = self.training
+        self.train()
+        try:
+            self.nll_bits_per_dim(hr, lr, noise=noise)
+        finally:
+            self.train(was_training)
+
+    # ----- conditioning ------------------------------------------------------------------------
+    def features(self, lr: torch.Tensor) -> list[torch.Tensor]:
+        """The per-level conditions (finest first), float32, each (B, cond_channels, h_l, w_l).
+
+        LR must have even height and width. Runs under whatever autocast the caller set (bf16 is
+        fine here); the results are cast to float32 for the flow.
+        """
+        if lr.shape[-2] % 2 or lr.shape[-1] % 2:
+            raise ValueError(f"srflow needs an even LR size, got {tuple(lr.shape[-2:])} (pad it by reflection)")
+        enc = self.encoder
+        head = enc.head(lr)
+        h = head
+        stacked = []
+        for index, block in enumerate(enc.trunk):
+            h = block(h)
+            if index in self._stack:
+                stacked.append(h)
+        last = head + enc.trunk_tail(h)
+        by_factor: dict[float, torch.Tensor] = {1.0: last}
+        stages = list(enc.upsample)
+        x, factor = last, 1.0
+        for stage in range(self.up_stages):
+            up = stages[3 * stage + 1](stages[3 * stage](x))  # conv, pixel shuffle (pre-activation)
+            factor *= 2
+            by_factor[factor] = up
+            if stage + 1 < self.up_stages:
+                x = stages[3 * stage + 2](up)  # PReLU before the next stage
+        by_factor[0.5] = F.interpolate(last, scale_factor=0.5, mode="bilinear", align_corners=False)
+        stack = torch.cat(stacked, 1)
+        conds = []
+        for level in range(1, self.config.levels + 1):
+            factor = self.config.level_factor(level)
+            conds.append(torch.cat([by_factor[factor], _nearest(stack, factor)], 1).float())
+        return conds
+
+    # ----- density -----------------------------------------------------------------------------
+    def encode(self, hr: torch.Tensor, lr: torch.Tensor | None = None,
+               conds: Sequence[torch.Tensor] | None = None) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """HR (B, 3, H, W) in [0, 1] -> (latents, logdet) in fp32; H and W must be multiples of 2^levels."""
+        if conds is None:
+            assert lr is not None, "give lr or conds"
+            conds = self.features(lr)
+        step = 2**self.config.levels
+        if hr.shape[-2] % step or hr.shape[-1] % step:
+            raise ValueError(f"srflow x{self.config.scale} needs HR sizes that are multiples of {step}, "
+                             f"got {tuple(hr.shape[-2:])}")
+        with torch.autocast(hr.device.type, enabled=False):
+            return self.flow(hr.float(), [u.float() for u in conds])
+
+    def log_prob(self, hr: torch.Tensor, lr: torch.Tensor | None = None,
+                 conds: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+        """log p(hr | lr) in nats per image, shape (B,): logdet + every split's and the top-level prior."""
+        latents, logdet = self.encode(hr, lr, conds)
+        return logdet + sum(standard_normal_log_prob(z) for z in latents)
+
+    def nll_bits_per_dim(self, hr: torch.Tensor, lr: torch.Tensor | None = None, noise: bool = False,
+                         conds: Sequence[torch.Tensor] | None = None,
+                         generator: torch.Generator | None = None) -> torch.Tensor:
+        """-log p(hr | lr) / (3 H W ln 2), shape (B,); `noise` adds the dequantisation noise first."""
+        if noise:
+            device = generator.device if generator is not None else hr.device
+            draw = torch.randn(hr.shape, generator=generator, device=device, dtype=torch.float32)
+            hr = hr.float() + HR_NOISE_STD * draw.to(hr.device)
+        dims = hr.shape[1] * hr.shape[2] * hr.shape[3]
+        return -self.log_prob(hr, lr, conds) / (dims * math.log(2.0))
+
+    # ----- sampling ----------------------------------------------------------------------------
+    def latent_shapes(self, lr_height: int, lr_width: int) -> list[tuple[int, int, int]]:
+        """(C, h, w) of each latent for an (even-sized) LR image, in `encode` order (splits, then top)."""
+        shapes = []
+        for level, block in zip(range(1, self.config.levels + 1), self.flow.levels):
+            if block.split is not None:
+                f = self.config.level_factor(level)
+                shapes.append((block.split.out_channels, int(lr_height * f), int(lr_width * f)))
+        shapes.append((self.flow.top_channels, lr_height // 2, lr_width // 2))
+        return shapes
+
+    def latent_factors(self) -> list[float]:
+        """Resolution of each latent relative to the LR image, in `latent_shapes` order."""
+        factors = [self.config.level_factor(level) for level in range(1, self.config.levels + 1)
+                   if self.config.has_split(level)]
+        return factors + [0.5]
+
+    def draw_noise(self, lr_height: int, lr_width: int, tau: float, generator: torch.Generator | None = None,
+                   batch: int = 1, device: torch.device | str | None = None) -> list[torch.Tensor]:
+        """tau * N(0, I) latents for an LR image (sizes rounded up to even), drawn in `latent_shapes` order.
+
+        Draws on `generator`'s device (the CPU by default), so a seed gives the same noise everywhere.
+        """
+        lr_height, lr_width = lr_height + lr_height % 2, lr_width + lr_width % 2
+        gen_device = generator.device if generator is not None else torch.device("cpu")
+        out = []
+        for shape in self.latent_shapes(lr_height, lr_width):
+            z = torch.randn((batch, *shape), generator=generator, device=gen_device, dtype=torch.float32)
+            out.append((z * tau).to(device if device is not None else gen_device))
+        return out
+
+    def decode(self, latents: Sequence[torch.Tensor], conds: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Latents -> (HR, logdet) through the flow in reverse, in fp32 (no clamping)."""
+        self._check_initialized()
+        device = conds[0].device
+        with torch.autocast(device.type, enabled=False):
+            return self.flow.reverse([z.float().to(device) for z in latents], [u.float() for u in conds])
+
+    def sample(self, lr: torch.Tensor, tau: float = DEFAULT_TAU, noise: Sequence[torch.Tensor] | None = None,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+        """SR samples (B, 3, H*s, W*s) in [0, 1] for LR (B, 3, H, W) of any size.
+
+        `noise` (already scaled by the temperature; `tau` is then unused) is a list shaped like
+        `latent_shapes` of the LR padded to even size; without it the noise is tau * N(0, I) drawn
+        from `generator` (CPU). tau = 0 gives the deterministic mean.
+        """
+        height, width = lr.shape[-2:]
+        padded = pad_to_multiple(lr, 2)
+        conds = self.features(padded)
+        if noise is None:
+            noise = self.draw_noise(padded.shape[-2], padded.shape[-1], tau, generator, batch=lr.shape[0])
+        hr, _ = self.decode(noise, conds)
+        s = self.config.scale
+        return sanitize(hr[..., : height * s, : width * s])
+
+    def forward(self, lr: torch.Tensor) -> torch.Tensor:
+        """The deterministic tau = 0 output (`sample(lr, tau=0)`), for code that treats models as functions."""
+        return self.sample(lr, tau=0.0)
+
+
+def _nearest(x: torch.Tensor, factor: float) -> torch.Tensor:
+    """Nearest-neighbour resize by 2^k: repeat pixels up, keep every other pixel (top-left) down."""
+    if factor >= 1:
+        k = int(factor)
+        return x if k == 1 else x.repeat_interleave(k, dim=-2).repeat_interleave(k, dim=-1)
+    step = int(round(1 / factor))
+    return x[..., ::step, ::step]
+
+
+def pad_to_multiple(image: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Pad bottom/right to a multiple of `multiple` by reflection (replication where reflection cannot)."""
+    height, width = image.shape[-2:]
+    pad_h, pad_w = (-height) % multiple, (-width) % multiple
+    if not pad_h and not pad_w:
+        return image
+    mode = "reflect" if pad_h < height and pad_w < width else "replicate"
+    return F.pad(image, (0, pad_w, 0, pad_h), mode=mode)
+
+
+def sanitize(image: torch.Tensor) -> torch.Tensor:
+    """NaN -> 0, +-inf -> 1 / 0, then clamp to [0, 1]."""
+    return torch.nan_to_num(image, nan=0.0, posinf=1.0, neginf=0.0).clamp(0.0, 1.0)
+
+
+# ----- tiled sampling ------------------------------------------------------------------------------
+
+
+class SRFlowRunner:
+    """TileRunner for SRFlow: one noise field for the whole image, cropped per tile.
+
+    `prepare(image)` draws every latent for the whole (even-padded) LR image from `seed` (on the CPU,
+    so any device gives the same image) and scales it by `tau`. `run_tile` crops each window's part
+    of every latent grid (LR/2 for z_top, 2xLR for the x4 split; in general LR * scale / 2^level), runs
+    the encoder on the LR window (under bf16 autocast when precision is bf16) and the flow in reverse
+    in fp32. Windows must start at even LR coordinates and have even sizes: call the tiler with
+    `align=self.align` on an image padded to even size, as `upscale` does. In fp32 the output is
+    nan_to_num'ed and clamped; in bf16 NaNs are left in so that the tiler redoes the tile in fp32.
+    """
+
+    align = 2
+
+    def __init__(self, model: SRFlow, device: torch.device | str = "cpu", precision: str = "fp32",
+                 tau: float = DEFAULT_TAU, seed: int = 0) -> None:
+        self.model = model.eval().requires_grad_(False).to(device)
+        self.scale = model.config.scale
+        self.device = torch.device(device)
+        self.precision = precision
+        self.tau = tau
+        self.seed = seed
+        self.factors = model.latent_factors()
+
+    def prepare(self, image: torch.Tensor) -> list[torch.Tensor]:
+        generator = torch.Generator().manual_seed(self.seed)
+        return self.model.draw_noise(image.shape[-2], image.shape[-1], self.tau, generator)
+
+    def _crop(self, latent: torch.Tensor, window: Window, factor: float) -> torch.Tensor:
+        if window.in_top % 2 or window.in_left % 2 or window.in_height % 2 or window.in_width % 2:
+            raise ValueError(f"srflow tiles must be aligned to 2 LR px (tiler align=2 on an even-sized image), "
+                             f"got {window}")
+        top, left = int(window.in_top * factor), int(window.in_left * factor)
+        height, width = int(window.in_height * factor), int(window.in_width * factor)
+        return latent[..., top : top + height, left : left + width]
+
+    @torch.inference_mode()
+    def run_tile(self, tile: torch.Tensor, state: object, windows: list[Window], precision: str) -> torch.Tensor:
+        assert isinstance(state, list), "call prepare() first"
+        noise = [torch.cat([self._crop(latent, w, f) for w in windows]) for latent, f in zip(state, self.factors)]
+        lr = tile.to(self.device)
+        with autocast(self.device, precision):
+            conds = self.model.features(lr)
+        hr, _ = self.model.decode(noise, conds)
+        hr = hr.float()
+        hr = sanitize(hr) if precision == "fp32" else hr.clamp(0.0, 1.0)
+        return hr.cpu().contiguous()
+
+    def upscale(self, image: torch.Tensor, tile: int | None, overlap: int, **kwargs: object) -> torch.Tensor:
+        """A (1, 3, H, W) LR image of any size -> (1, 3, H*s, W*s): pad to even, tile with align=2, crop."""
+        height, width = image.shape[-2:]
+        padded = pad_to_multiple(image, self.align)
+        out = upscale_tiled(self, padded, tile=tile, overlap=overlap, precision=kwargs.pop("precision", self.precision),
+                            align=self.align, **kwargs)  # type: ignore[arg-type]
+        return out[..., : height * self.scale, : width * self.scale]
+
+
+# ----- sizing ----------------------------------------------------------------------------------------
+
+
+def receptive_radius(config: SRFlowConfig) -> int:
+    """LR pixels on each side that can change one output pixel (exact chain bound, not an estimate).
+
+    Walking the sampling direction from an HR pixel: unsqueezing halves a radius (rounded up), each
+    conditional step adds 2 (3x3 convs of the coupling/injector networks, reading x and the condition),
+    each split's prior adds 1. The condition of level l is read within that level's radius; converted
+    to LR px it gains 1 per upsampling conv (above LR) or 1 for the 2x2 bilinear/nearest halving (LR/2).
+    The encoder adds its own radius (9x9 head, 2 per residual block, the trunk conv).
+    """
+    radius, cond_radius = 0, 0
+    for level in range(1, config.levels + 1):
+        radius = -(-radius // 2) + 2 * config.steps
+        factor = config.level_factor(level)
+        if factor >= 1:
+            lr_radius = -(-radius // int(factor)) + int(math.log2(factor))
+        else:
+            lr_radius = radius * int(round(1 / factor)) + 1
+        cond_radius = max(cond_radius, lr_radius)
+        if config.has_split(level):
+            radius += 1
+    return cond_radius + 4 + 2 * config.encoder_blocks + 1
+
+
+def bytes_per_lr_pixel(config: SRFlowConfig) -> int:
+    """fp32 bytes per LR pixel alive while sampling, x2 for allocator slack.
+
+    Per LR pixel: the conditions of every level (cond_channels * (scale/2^l)^2 floats), the stacked
+    encoder features, and at the finest level the parameter network's input plus its hidden maps.
+    """
+    fine = (config.scale / 2) ** 2
+    conds = config.cond_channels * sum(config.level_factor(lv) ** 2 for lv in range(1, config.levels + 1))
+    encoder = (len(config.stack_blocks) + 3) * config.encoder_channels * (1 + fine / 4)
+    param_net = (config.cond_channels + 6 + 4 * config.hidden + 48) * fine
+    return int(2 * 4 * (conds + encoder + param_net))
+
+
+ARCHITECTURE = Architecture(
+    id="srflow",
+    config_type=SRFlowConfig,
+    build=SRFlow,
+    bytes_per_lr_pixel=bytes_per_lr_pixel,
+    receptive_radius=receptive_radius,
+    paper="Lugmayr et al., SRFlow: Learning the Super-Resolution Space with Normalizing Flow, ECCV 2020",
+    supports_half=False,
+    stochastic=True,
+)

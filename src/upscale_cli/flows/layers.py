@@ -1,0 +1,421 @@
+"""Invertible layers for (conditional) normalizing flows, written from the SRFlow / Glow papers.
+
+Protocol (every layer derives from `InvertibleLayer`):
+
+* `forward(x, cond=None) -> (z, logdet)` is the ENCODE direction (image -> latent).
+* `reverse(z, cond=None) -> (x, logdet)` is its exact algebraic inverse; its logdet is the negation
+  of the forward one, so `forward` then `reverse` returns the input and the two logdets cancel.
+* `logdet` is log|det dz/dx| per sample, shape (B,), allocated with `x.new_zeros(B)` (the input's
+  device and dtype: float32 when the flow runs in fp32, float64 in the Jacobian tests).
+* `cond` is a conditioning tensor (B, C_cond, H, W) at the layer's resolution; layers that do not
+  use it ignore it.
+
+The layers do not touch autocast: callers run flows in fp32 (`torch.autocast(..., enabled=False)`),
+because the reverse direction divides by scales down to 1e-4 and amplifies rounding errors.
+
+`Split` is the one layer whose latent is not a single tensor: its encode output is the pair
+`(z1, eps)` (the kept channels and the factored-out channels already standardised by the learned
+prior), and its reverse takes that pair back. Its logdet is the log-determinant of the bijection
+(z1, z2) -> (z1, eps), i.e. -sum(log sigma); the Gaussian log-density of the factored-out channels,
+log N(z2; mu, sigma^2) = log N(eps; 0, I) - sum(log sigma), is therefore `logdet` plus
+`standard_normal_log_prob(eps)`, and the multi-scale container that collects the eps tensors adds
+the standard-normal terms together with the top-level prior. Keeping the prior out of the logdet
+makes every layer's logdet a true Jacobian log-determinant (what the tests check with autograd).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+LOG_2PI = math.log(2 * math.pi)
+SCALE_FLOOR = 1e-4  # smallest affine scale: the reverse divides by it
+HIDDEN_INIT_STD = 0.05
+
+
+def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
+    """log N(x; mean, exp(log_std)^2) summed over all but the batch axis: shape (B,)."""
+    density = -0.5 * (LOG_2PI + 2 * log_std + (x - mean) ** 2 * torch.exp(-2 * log_std))
+    return density.flatten(1).sum(1)
+
+
+def standard_normal_log_prob(x: torch.Tensor) -> torch.Tensor:
+    """log N(x; 0, I) summed over all but the batch axis: shape (B,)."""
+    return (-0.5 * (LOG_2PI + x * x)).flatten(1).sum(1)
+
+
+def affine_scale(raw: torch.Tensor) -> torch.Tensor:
+    """SRFlow's bounded scale sigmoid(raw + 2) + 1e-4, in (1e-4, 1.0001]: never exp (it overflows)."""
+    return torch.sigmoid(raw + 2.0) + SCALE_FLOOR
+
+
+def _per_sample_sum(t: torch.Tensor) -> torch.Tensor:
+    return t.flatten(1).sum(1)
+
+
+class InvertibleLayer(nn.Module):
+    """Base class of every flow layer: `forward` encodes, `reverse` decodes (see the module docstring)."""
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError  # each layer defines its encode direction
+
+    def reverse(self, z: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError  # each layer defines its exact inverse
+
+
+class ActNorm(InvertibleLayer):
+    """Per-channel affine y = (x + b) * exp(s), logdet = H*W*sum(s).
+
+    Data-dependent initialisation on the first forward call in training mode (b = -mean,
+    s = log(1 / (std + 1e-6)) over batch and space), after which the persistent `initialized` buffer
+    is set: it is saved in the state dict, so a reloaded layer never re-initialises. Eval-mode
+    forwards never initialise; reversing an uninitialised layer raises.
+    """
+
+    def __init__(self, channels: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.channels = channels
+        self.eps = eps
+        self.bias = nn.Parameter(torch.zeros(1, channels, 1, 1))
+        self.logs = nn.Parameter(torch.zeros(1, channels, 1, 1))
+        self.register_buffer("initialized", torch.tensor(False))
+
+    @property
+    def is_initialized(self) -> bool:
+        return bool(self.initialized)
+
+    @torch.no_grad()
+    def initialize(self, x: torch.Tensor) -> None:
+        """Set b and s from the statistics of `x` so the output has zero mean and unit std per channel."""
+        data = x.detach().to(self.bias.dtype)
+        mean = data.mean(dim=(0, 2, 3), keepdim=True)
+        std = data.std(dim=(0, 2, 3), keepdim=True, correction=0)
+        self.bias.copy_(-mean)
+        self.logs.copy_(torch.log(1.0 / (std + self.eps)))
+        self.initialized.fill_(True)
+
+    def _logdet(self, x: torch.Tensor) -> torch.Tensor:
+        return x.new_zeros(x.shape[0]) + x.shape[2] * x.shape[3] * self.logs.sum().to(x.dtype)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.training and not self.is_initialized:
+            self.initialize(x)
+        y = (x + self.bias.to(x.dtype)) * torch.exp(self.logs.to(x.dtype))
+        return y, self._logdet(x)
+
+    def reverse(self, z: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.is_initialized:
+            raise RuntimeError(
+                "ActNorm is not initialised: run a forward pass in training mode on real data "
+                "(or load trained weights) before reversing the flow"
+            )
+        x = z * torch.exp(-self.logs.to(z.dtype)) - self.bias.to(z.dtype)
+        return x, -self._logdet(z)
+
+    def extra_repr(self) -> str:
+        return f"{self.channels}"
+
+
+class InvertibleConv1x1(InvertibleLayer):
+    """Channel mixing by an invertible C x C matrix W (random orthogonal at init, stored directly).
+
+    logdet = H*W*log|det W|, computed with slogdet in float64. The inverse is computed in float64 and
+    cast back. In eval mode the inverse and log|det W| are cached; the cache key includes the weight's
+    storage pointer, version counter (bumped by every in-place update: optimiser steps, EMA, loading
+    weights), dtype and device, so any change of the weight invalidates it; `train()` also clears it.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.channels = channels
+        q, _ = torch.linalg.qr(torch.randn(channels, channels, dtype=torch.float64))
+        self.weight = nn.Parameter(q.to(torch.get_default_dtype()))
+        self._cache: tuple[tuple, torch.Tensor, torch.Tensor] | None = None
+        self.cache_misses = 0  # how often the eval-mode cache was (re)built; for tests and profiling
+
+    def train(self, mode: bool = True) -> InvertibleConv1x1:
+        self._cache = None
+        return super().train(mode)
+
+    def _cached(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """(W^-1, log|det W|) in `dtype`, from the cache when the weight has not changed."""
+        w = self.weight
+        key = (w.data_ptr(), w._version, w.device, w.dtype, dtype)
+        if self._cache is None or self._cache[0] != key:
+            with torch.no_grad():
+                w64 = w.detach().double()
+                inverse = torch.linalg.inv(w64).to(dtype)
+                logabsdet = torch.linalg.slogdet(w64)[1].to(dtype)
+            self._cache = (key, inverse, logabsdet)
+            self.cache_misses += 1
+        return self._cache[1], self._cache[2]
+
+    def _logabsdet(self, dtype: torch.dtype) -> torch.Tensor:
+        if self.training:
+            return torch.linalg.slogdet(self.weight.double())[1].to(dtype)
+        return self._cached(dtype)[1]
+
+    def _inverse(self, dtype: torch.dtype) -> torch.Tensor:
+        if self.training:
+            return torch.linalg.inv(self.weight.double()).to(dtype)
+        return self._cached(dtype)[0]
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        y = F.conv2d(x, self.weight.to(x.dtype)[:, :, None, None])
+        logdet = x.new_zeros(x.shape[0]) + x.shape[2] * x.shape[3] * self._logabsdet(x.dtype)
+        return y, logdet
+
+    def reverse(self, z: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        x = F.conv2d(z, self._inverse(z.dtype)[:, :, None, None])
+        logdet = z.new_zeros(z.shape[0]) - z.shape[2] * z.shape[3] * self._logabsdet(z.dtype)
+        return x, logdet
+
+    def extra_repr(self) -> str:
+        return f"{self.channels}"
+
+
+class ZeroConv2d(nn.Module):
+    """A zero-initialised conv (3x3, bias) whose output is multiplied by exp(3 * l), l per channel (init 0).
+
+    At init its output is exactly 0, so the affine layers fed by it start as a fixed per-element
+    scale of sigmoid(2) with no shift, and split priors start as N(0, I).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2)
+        nn.init.zeros_(self.conv.weight)
+        nn.init.zeros_(self.conv.bias)
+        self.logs = nn.Parameter(torch.zeros(1, out_channels, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x) * torch.exp(3 * self.logs)
+
+
+class ParamNet(nn.Module):
+    """SRFlow's "F" network that predicts affine parameters (not itself invertible).
+
+    conv3x3 (no bias) + ActNorm -> ReLU -> conv1x1 (no bias) + ActNorm -> ReLU -> ZeroConv2d 3x3.
+    Hidden convs are initialised N(0, 0.05). The ActNorms are used in their forward direction only
+    (as data-initialised normalisations). Output channels interleave: even = shift (or mean),
+    odd = scale logits (or log std).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, hidden: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, hidden, 3, padding=1, bias=False)
+        self.norm1 = ActNorm(hidden)
+        self.conv2 = nn.Conv2d(hidden, hidden, 1, bias=False)
+        self.norm2 = ActNorm(hidden)
+        self.out = ZeroConv2d(hidden, out_channels)
+        for conv in (self.conv1, self.conv2):
+            nn.init.normal_(conv.weight, 0.0, HIDDEN_INIT_STD)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.relu(self.norm1(self.conv1(x))[0])
+        h = F.relu(self.norm2(self.conv2(h))[0])
+        return self.out(h)
+
+
+class AffineInjector(InvertibleLayer):
+    """Affine transform of all channels whose parameters depend on the condition only.
+
+    [shift, raw] = F(cond) (interleaved), scale = sigmoid(raw + 2) + 1e-4, y = (x + shift) * scale,
+    logdet = sum(log scale). Reverse: x = y / scale - shift.
+    """
+
+    def __init__(self, channels: int, cond_channels: int, hidden: int) -> None:
+        super().__init__()
+        if cond_channels < 1:
+            raise ValueError("an affine injector needs a condition (cond_channels >= 1)")
+        self.net = ParamNet(cond_channels, 2 * channels, hidden)
+
+    def _params(self, cond: torch.Tensor | None, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if cond is None:
+            raise ValueError("AffineInjector needs a condition tensor")
+        h = self.net(cond.to(like.dtype))
+        return h[:, 0::2], affine_scale(h[:, 1::2])
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        shift, scale = self._params(cond, x)
+        return (x + shift) * scale, _per_sample_sum(torch.log(scale))
+
+    def reverse(self, z: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        shift, scale = self._params(cond, z)
+        return z / scale - shift, -_per_sample_sum(torch.log(scale))
+
+
+class ConditionalAffineCoupling(InvertibleLayer):
+    """Affine coupling: the first floor(C/2) channels pass, the rest are shifted then scaled.
+
+    [shift, raw] = F(concat(x_a, cond)) (interleaved), scale = sigmoid(raw + 2) + 1e-4,
+    y_b = (x_b + shift) * scale, y_a = x_a, logdet = sum(log scale). With `cond_channels=0` it is an
+    unconditional coupling (cond must then be None).
+    """
+
+    def __init__(self, channels: int, cond_channels: int, hidden: int) -> None:
+        super().__init__()
+        if channels < 2:
+            raise ValueError(f"a coupling needs at least 2 channels, got {channels}")
+        self.pass_channels = channels // 2
+        self.cond_channels = cond_channels
+        self.net = ParamNet(self.pass_channels + cond_channels, 2 * (channels - self.pass_channels), hidden)
+
+    def _params(self, x_a: torch.Tensor, cond: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        if (cond is None) != (self.cond_channels == 0):
+            raise ValueError(f"this coupling expects {self.cond_channels} condition channels")
+        h = self.net(x_a if cond is None else torch.cat([x_a, cond.to(x_a.dtype)], 1))
+        return h[:, 0::2], affine_scale(h[:, 1::2])
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        x_a, x_b = x[:, : self.pass_channels], x[:, self.pass_channels :]
+        shift, scale = self._params(x_a, cond)
+        y = torch.cat([x_a, (x_b + shift) * scale], 1)
+        return y, _per_sample_sum(torch.log(scale))
+
+    def reverse(self, z: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        z_a, z_b = z[:, : self.pass_channels], z[:, self.pass_channels :]
+        shift, scale = self._params(z_a, cond)
+        x = torch.cat([z_a, z_b / scale - shift], 1)
+        return x, -_per_sample_sum(torch.log(scale))
+
+
+class Squeeze(InvertibleLayer):
+    """Space-to-depth 2x2: (C, H, W) -> (4C, H/2, W/2), channel c*4 + 2*dy + dx; logdet 0."""
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        if x.shape[2] % 2 or x.shape[3] % 2:
+            raise ValueError(f"squeeze needs even height and width, got {tuple(x.shape[2:])}")
+        return F.pixel_unshuffle(x, 2), x.new_zeros(x.shape[0])
+
+    def reverse(self, z: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        if z.shape[1] % 4:
+            raise ValueError(f"unsqueeze needs a multiple of 4 channels, got {z.shape[1]}")
+        return F.pixel_shuffle(z, 2), z.new_zeros(z.shape[0])
+
+
+class Split(InvertibleLayer):
+    """Factor out half of the channels with a learned Gaussian prior conditioned on the kept half.
+
+    z1 = the first C - C//2 channels (kept; C - round(C/2) for every even C), z2 = the last C//2.
+    [mu, log sigma] = ZeroConv2d(z1) (interleaved: even = mu, odd = log sigma).
+    Encode: returns `((z1, eps), logdet)` with eps = (z2 - mu) / sigma and logdet = -sum(log sigma).
+    Reverse: takes `(z1, eps)`; when eps is None it is drawn as tau * N(0, I) (from `generator`);
+    z2 = mu + sigma * eps. See the module docstring for how the prior density is accounted.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        if channels < 2:
+            raise ValueError(f"a split needs at least 2 channels, got {channels}")
+        self.channels = channels
+        self.out_channels = channels // 2
+        self.keep_channels = channels - self.out_channels
+        self.prior = ZeroConv2d(self.keep_channels, 2 * self.out_channels)
+
+    def prior_params(self, z1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mu, log sigma) of the factored-out channels given the kept ones."""
+        h = self.prior(z1)
+        return h[:, 0::2], h[:, 1::2]
+
+    def forward(  # type: ignore[override]
+        self, x: torch.Tensor, cond: torch.Tensor | None = None
+    ) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+        z1, z2 = x[:, : self.keep_channels], x[:, self.keep_channels :]
+        mean, log_std = self.prior_params(z1)
+        eps = (z2 - mean) * torch.exp(-log_std)
+        return (z1, eps), -_per_sample_sum(log_std)
+
+    def reverse(  # type: ignore[override]
+        self,
+        z: tuple[torch.Tensor, torch.Tensor | None],
+        cond: torch.Tensor | None = None,
+        *,
+        tau: float = 1.0,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        z1, eps = z
+        mean, log_std = self.prior_params(z1)
+        if eps is None:
+            device = generator.device if generator is not None else z1.device
+            eps = tau * torch.randn(mean.shape, generator=generator, device=device, dtype=mean.dtype).to(z1.device)
+        if eps.shape != mean.shape:
+            raise ValueError(f"split noise has shape {tuple(eps.shape)}, expected {tuple(mean.shape)}")
+        z2 = mean + torch.exp(log_std) * eps.to(mean.dtype)
+        return torch.cat([z1, z2], 1), _per_sample_sum(log_std)
+
+
+def encode_chain(layers: Sequence[InvertibleLayer], x: torch.Tensor,
+                 cond: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run `layers` in order in the encode direction, summing their logdets."""
+    total = x.new_zeros(x.shape[0])
+    for layer in layers:
+        x, logdet = layer(x, cond)
+        total = total + logdet
+    return x, total
+
+
+def reverse_chain(layers: Sequence[InvertibleLayer], z: torch.Tensor,
+                  cond: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Invert `layers`: the last layer first, summing the (negated) logdets."""
+    total = z.new_zeros(z.shape[0])
+    for layer in reversed(list(layers)):
+        z, logdet = layer.reverse(z, cond)
+        total = total + logdet
+    return z, total
+
+
+class FlowSequence(InvertibleLayer):
+    """Layers applied in order when encoding and in reverse order when decoding; logdets summed.
+
+    Every layer receives the same `cond` (layers that need none ignore it).
+    """
+
+    def __init__(self, layers: Sequence[InvertibleLayer]) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        return encode_chain(list(self.layers), x, cond)
+
+    def reverse(self, z: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        return reverse_chain(list(self.layers), z, cond)
+
+
+class FlowStep(InvertibleLayer):
+    """One conditional flow step (encode order): ActNorm -> 1x1 conv -> affine injector -> affine coupling.
+
+    With `cond_channels=0` the injector is left out and the coupling is unconditional (a Glow step).
+    """
+
+    def __init__(self, channels: int, cond_channels: int, hidden: int) -> None:
+        super().__init__()
+        self.actnorm = ActNorm(channels)
+        self.conv = InvertibleConv1x1(channels)
+        self.injector = AffineInjector(channels, cond_channels, hidden) if cond_channels > 0 else None
+        self.coupling = ConditionalAffineCoupling(channels, cond_channels, hidden)
+
+    def _layers(self) -> list[InvertibleLayer]:
+        layers: list[InvertibleLayer] = [self.actnorm, self.conv]
+        if self.injector is not None:
+            layers.append(self.injector)
+        layers.append(self.coupling)
+        return layers
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        return encode_chain(self._layers(), x, cond)
+
+    def reverse(self, z: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        return reverse_chain(self._layers(), z, cond)
+
+
+def transition_step(channels: int) -> FlowSequence:
+    """SRFlow's unconditional transition step: ActNorm -> invertible 1x1 conv."""
+    return FlowSequence([ActNorm(channels), InvertibleConv1x1(channels)])

@@ -1,0 +1,187 @@
+"""SRFlow: maximum likelihood (NLL in bits/dim) of HR patches given an SRResNet encoder's LR features.
+
+* The encoder starts from `config.init` (a trained srresnet checkpoint of the same scale: its
+  channels, blocks and norm set the encoder's config) and is frozen for the first
+  `encoder_frozen_fraction` of the iterations (features computed without gradients), then trained
+  jointly at the then-current learning rate. Without `init` the encoder starts random (useful for
+  tests only: spec 2.10 says a random frozen encoder does not work).
+* ActNorm data-dependent initialisation runs on the first batch, in training mode, before any
+  optimiser step (not again after a resume: the flags are in the state).
+* Loss = mean NLL in bits/dim with the dequantisation noise (`hr_noise`). A step whose loss or
+  gradient norm is not finite makes no optimiser step; it is reported as `skipped` = 1 (the log
+  shows the fraction of skipped steps per window) and counted in the recipe state.
+* Adam + warm-up/cosine from train/optim.py over all parameters (Adam skips the frozen encoder,
+  whose gradients are None).
+* `selection_metric` is None: the exported model is the EMA of the last step. Validation NLL keeps
+  falling under the cosine schedule, and PSNR at tau 0 would pick the least diverse weights (the
+  same reason SRGAN keeps the last weights).
+
+`DEFAULT_ARCH` is the CPU configuration proposed for the shipped model (K = 4 steps per level instead
+of the paper's 16; everything else as the paper, with the shipped SRResNet as encoder).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from upscale_cli.archs.srflow import SRFlow, SRFlowConfig, default_stack_blocks
+from upscale_cli.checkpoint import load_model, load_strict, read_info
+from upscale_cli.train.config import TrainConfig
+from upscale_cli.train.optim import adam_with_schedule
+from upscale_cli.train.recipes import AutocastFactory, Recipe
+
+DEFAULT_ARCH: dict[str, Any] = {"steps": 4, "hidden": 64, "transition_steps": 2}
+_ENCODER_KEYS = {"channels": "encoder_channels", "blocks": "encoder_blocks", "norm": "encoder_norm"}
+
+
+def make_arch_config(config: TrainConfig) -> SRFlowConfig:
+    """The SRFlow config: DEFAULT_ARCH, the encoder shape of `config.init`, then `config.arch` overrides."""
+    values: dict[str, Any] = dict(DEFAULT_ARCH)
+    if config.init:
+        info = read_info(Path(config.init))
+        if info.arch != "srresnet" or info.scale != config.scale:
+            raise ValueError(f"{config.init}: is {info.arch} x{info.scale}; the srflow encoder needs "
+                             f"srresnet x{config.scale} weights")
+        for src, dst in _ENCODER_KEYS.items():
+            if src in info.config:
+                if dst in config.arch and config.arch[dst] != info.config[src]:
+                    raise ValueError(f"arch.{dst}={config.arch[dst]!r} contradicts the init weights "
+                                     f"({src}={info.config[src]!r})")
+                values[dst] = info.config[src]
+    values.update(config.arch)
+    if "stack_blocks" not in values:
+        values["stack_blocks"] = default_stack_blocks(values.get("encoder_blocks", SRFlowConfig.encoder_blocks))
+    if "scale" in values and values.pop("scale") != config.scale:
+        raise ValueError("arch.scale must match the training scale")
+    return SRFlowConfig(scale=config.scale, **values)
+
+
+def load_encoder(model: SRFlow, path: Path) -> None:
+    """Copy a trained SRResNet's weights into the encoder (parts SRFlow does not use are left out)."""
+    srresnet, _ = load_model(path)
+    source = srresnet.state_dict()
+    wanted = model.encoder.state_dict()
+    load_strict(model.encoder, {k: v for k, v in source.items() if k in wanted}, path)
+
+
+class _Objective(nn.Module):
+    """The per-sample training NLL as a module, so DDP can wrap it (its forward is what DDP syncs)."""
+
+    def __init__(self, model: SRFlow) -> None:
+        super().__init__()
+        self.model = model
+        self.frozen_encoder = True
+        self.noise = True
+        self.autocast: AutocastFactory = contextlib.nullcontext
+
+    def forward(self, hr: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
+        with self.autocast(), torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen_encoder):
+            conds = self.model.features(lr)
+        return self.model.nll_bits_per_dim(hr, lr, noise=self.noise, conds=conds)
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+@torch.no_grad()
+def _broadcast_from_rank0(module: nn.Module) -> None:
+    """Give every rank rank 0's data-initialised ActNorm values (each rank saw its own batch)."""
+    if not _distributed():
+        return
+    for tensor in list(module.parameters()) + list(module.buffers()):
+        if tensor.is_floating_point():
+            dist.broadcast(tensor.data, 0)
+
+
+def _all_finite(value: torch.Tensor) -> bool:
+    """True when `value` is finite on every rank (so all ranks skip a step together)."""
+    flag = torch.isfinite(value.detach()).all().to(torch.int32).reshape(1)
+    if _distributed():
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
+
+
+class SRFlowRecipe(Recipe):
+    arch_id = "srflow"
+    selection_metric = None
+
+    def __init__(self, config: TrainConfig, wrap: Callable[[nn.Module], nn.Module]) -> None:
+        if not 0.0 <= config.encoder_frozen_fraction <= 1.0:
+            raise ValueError(f"encoder_frozen_fraction must be in [0, 1], not {config.encoder_frozen_fraction}")
+        self.config = config
+        self.wrap = wrap
+        self.arch_config = make_arch_config(config)
+        multiple = 2**self.arch_config.levels
+        if config.patch % multiple:
+            raise ValueError(f"srflow x{config.scale} needs an HR patch that is a multiple of {multiple} "
+                             f"(LR/2 latent grid), not {config.patch}")
+        self.generator = SRFlow(self.arch_config)
+        if config.init:
+            load_encoder(self.generator, Path(config.init))
+        self.generator.train()
+        self.objective = _Objective(self.generator)
+        self.objective.noise = config.hr_noise
+        self.net: nn.Module | None = None
+        self.frozen: bool | None = None
+        self.freeze_steps = round(config.encoder_frozen_fraction * config.iters)
+        self.optimizer, self.schedule = adam_with_schedule(self.generator.parameters(), config.lr, config)
+        self.skipped_total = 0
+
+    def _set_phase(self, frozen: bool) -> None:
+        """Freeze or unfreeze the encoder; (re)wrap for DDP, which registers only trainable parameters."""
+        if frozen == self.frozen:
+            return
+        self.frozen = frozen
+        self.generator.encoder.requires_grad_(not frozen)
+        self.objective.frozen_encoder = frozen
+        self.net = self.wrap(self.objective)
+
+    def train_step(self, lr: torch.Tensor, hr: torch.Tensor, step: int,
+                   autocast: AutocastFactory) -> dict[str, float]:
+        if not self.generator.initialized:
+            self.generator.initialize(hr, lr, noise=self.config.hr_noise)
+            _broadcast_from_rank0(self.generator)
+        self._set_phase(step < self.freeze_steps)
+        assert self.net is not None
+        self.generator.train()
+        self.objective.autocast = autocast
+        loss = self.net(hr, lr).mean()
+        self.optimizer.zero_grad(set_to_none=True)
+        skipped = True
+        if _all_finite(loss):
+            loss.backward()
+            max_norm = self.config.grad_clip if self.config.grad_clip > 0 else math.inf
+            norm = nn.utils.clip_grad_norm_(self.generator.parameters(), max_norm)
+            if _all_finite(norm):
+                self.optimizer.step()
+                skipped = False
+            else:
+                self.optimizer.zero_grad(set_to_none=True)
+        self.schedule.step()
+        self.skipped_total += int(skipped)
+        return {"loss": loss.item(), "skipped": float(skipped)}
+
+    def current_lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self.generator.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "schedule": self.schedule.state_dict(), "skipped_total": self.skipped_total}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.generator.load_state_dict(state["generator"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        self.skipped_total = int(state["skipped_total"])
+
+
+def build(config: TrainConfig, wrap: Callable[[nn.Module], nn.Module]) -> SRFlowRecipe:
+    return SRFlowRecipe(config, wrap)
