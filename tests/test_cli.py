@@ -303,10 +303,10 @@ def test_broken_checkpoint_is_one_line_exit_3_and_verbose_shows_traceback(photo:
     assert not (tmp_path / "x.png").exists()
 
 
-def test_usage_errors_exit_2(photo: Path) -> None:
+def test_usage_errors_exit_2(photo: Path, tiny_checkpoint: Path) -> None:
     assert CliRunner().invoke(cli, [str(photo), "--scale", "2", "--width", "10"]).exit_code == 2
     assert CliRunner().invoke(cli, [str(photo), "--tile", "banana"]).exit_code == 2
-    small = CliRunner().invoke(cli, [str(photo), "--tile", "16", "--tile-overlap", "16"])
+    small = CliRunner().invoke(cli, [str(photo), "-m", str(tiny_checkpoint), "--tile", "16", "--tile-overlap", "16"])
     assert small.exit_code == 2 and "larger than the overlap" in small.output
     assert CliRunner().invoke(cli, [str(photo), "--format", "gif"]).exit_code == 2
 

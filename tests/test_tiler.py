@@ -359,3 +359,81 @@ def test_auto_tile_size() -> None:
 
 def test_available_memory_cpu() -> None:
     assert available_memory(torch.device("cpu")) > 0
+
+
+# --- alignment (models with a latent grid coarser than the LR image, e.g. SRFlow's z at LR/2) ----------
+
+
+def test_tile_spans_aligned() -> None:
+    for align in (2, 4):
+        for length, tile in itertools.product(range(1, 90, 5), range(align, 50, 3)):
+            for overlap in range(0, tile, 3):
+                if length > tile and tile // align <= -(-overlap // align):
+                    with pytest.raises(ValueError, match="aligned"):
+                        tile_spans(length, tile, overlap, align)
+                    continue
+                spans = tile_spans(length, tile, overlap, align)
+                assert spans[0][0] == 0 and spans[-1][1] == length
+                assert all(0 < end - start <= tile for start, end in spans)
+                assert all(start % align == 0 for start, _ in spans)
+                assert all(end % align == 0 or end == length for _, end in spans)
+                assert all(a[1] - b[0] >= overlap for a, b in zip(spans, spans[1:]))
+    assert tile_spans(37, 16, 4, 1) == tile_spans(37, 16, 4)  # align 1 is the plain tiling
+
+
+def test_make_windows_aligned() -> None:
+    height, width, align = 38, 54, 2
+    windows = make_windows(height, width, 14, 5, align)
+    covered = torch.zeros(height, width, dtype=torch.bool)
+    for w in windows:
+        covered[w.top : w.top + w.height, w.left : w.left + w.width] = True
+        for start, size, length in ((w.top, w.height, height), (w.left, w.width, width),
+                                    (w.in_top, w.in_height, height), (w.in_left, w.in_width, width)):
+            assert start % align == 0 and (start + size) % align == 0 and start + size <= length
+        assert w.in_top <= max(0, w.top - 5) and w.in_top + w.in_height >= min(height, w.top + w.height + 5)
+        assert w.in_left <= max(0, w.left - 5) and w.in_left + w.in_width >= min(width, w.left + w.width + 5)
+    assert covered.all()
+    assert make_windows(37, 53, 16, 4, 1) == make_windows(37, 53, 16, 4)
+
+
+class AlignedRunner(OomRunner):
+    """Fails on batches above `limit` input pixels and checks that every window it gets is aligned."""
+
+    def __init__(self, limit: int, align: int) -> None:
+        super().__init__(limit)
+        self.align = align
+        self.windows: list[Window] = []
+
+    def run_tile(self, tile: torch.Tensor, state: object, windows: list[Window], precision: str) -> torch.Tensor:
+        for w in windows:
+            assert w.in_top % self.align == 0 and w.in_left % self.align == 0
+            assert w.in_height % self.align == 0 and w.in_width % self.align == 0
+            assert w.top % self.align == 0 and w.left % self.align == 0
+        self.windows.extend(windows)
+        return super().run_tile(tile, state, windows, precision)
+
+
+@pytest.mark.parametrize(("size", "tile", "overlap", "align"), [((40, 52), 16, 3, 2), ((48, 36), 20, 5, 4)])
+def test_aligned_tiling_is_seamless(size: tuple[int, int], tile: int, overlap: int, align: int) -> None:
+    runner = AlignedRunner(limit=10**9, align=align)
+    image = random_image(*size)
+    tiled = upscale_tiled(runner, image, tile=tile, overlap=overlap, align=align, batch=2)
+    assert len(runner.windows) == len(make_windows(*size, tile, overlap, align)) > 1
+    assert max_error(tiled, runner.untiled(image)) < 1e-4
+
+
+def test_aligned_oom_shrinking_keeps_alignment() -> None:
+    image = random_image(64, 64)
+    runner = AlignedRunner(limit=30 * 30, align=4)
+    warnings: list[str] = []
+    tiled = upscale_tiled(runner, image, tile=48, overlap=3, align=4, warn=warnings.append)
+    assert max_error(tiled, runner.untiled(image)) < 1e-4
+    assert runner.failures >= 1 and warnings
+    assert all(int(w.split()[-3]) % 4 == 0 for w in warnings)  # "... continuing with N px tiles"
+
+
+def test_align_arguments_checked() -> None:
+    with pytest.raises(ValueError, match="alignment"):
+        upscale_tiled(NetRunner(), random_image(20, 20), tile=16, overlap=3, align=0)
+    with pytest.raises(ValueError, match="alignment"):
+        upscale_tiled(NetRunner(), random_image(20, 20), tile=3, overlap=1, align=4)

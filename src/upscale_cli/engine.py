@@ -7,7 +7,7 @@ passes as a requested factor needs, and resamples to the exact target size with 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -21,7 +21,7 @@ from upscale_cli.device import autocast, channels_last_helps, resolve_device, re
 from upscale_cli.image_io import lanczos_resize
 from upscale_cli.models import BICUBIC, find_weights, looks_like_path
 from upscale_cli.resize import imresize
-from upscale_cli.tiler import Window, auto_tile_size, available_memory, upscale_tiled
+from upscale_cli.tiler import TileRunner, Window, auto_tile_size, available_memory, upscale_tiled
 
 DEFAULT_OVERLAP = 16
 
@@ -57,17 +57,17 @@ class Upscaler:
     scale: int
     device: torch.device
     precision: str
-    runner: NetworkRunner | None  # None for the bicubic baseline
+    runner: TileRunner | None  # None for the bicubic baseline
     info: CheckpointInfo | None = None
     path: Path | None = None
     overlap: int = DEFAULT_OVERLAP
-    tile: int | None = None  # None: whole image at once
     bytes_per_lr_pixel: int = 0
-    warnings: list[str] = field(default_factory=list)
+    sampler: Callable[[float, int], TileRunner] | None = None  # stochastic models: (tau, seed) -> runner
+    default_tau: float | None = None
 
     @property
     def stochastic(self) -> bool:
-        return False
+        return self.sampler is not None
 
     def choose_tile(self, spec: str, height: int, width: int) -> int | None:
         """`none`, an explicit size, or `auto`: the largest tile the free memory allows (None if the image fits)."""
@@ -79,19 +79,26 @@ class Upscaler:
         return None if max(height, width) <= tile else tile
 
     def upscale(self, rgb: np.ndarray, out_width: int, out_height: int, tile_spec: str = "auto",
-                on_tile: Callable[[int, int], None] | None = None,
-                warn: Callable[[str], None] | None = None) -> np.ndarray:
-        """Float RGB (H, W, 3) in [0, 1] to (out_height, out_width, 3), unclamped float32."""
+                on_tile: Callable[[int, int], None] | None = None, warn: Callable[[str], None] | None = None,
+                seed: int = 0, tau: float | None = None) -> np.ndarray:
+        """Float RGB (H, W, 3) in [0, 1] to (out_height, out_width, 3), unclamped float32.
+
+        Stochastic models draw the sample of `seed` at temperature `tau` (default: the model's);
+        deterministic models ignore both.
+        """
         image = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))[None].float()
         if self.runner is None:
             return imresize(image[0], size=(out_height, out_width)).permute(1, 2, 0).numpy()
+        runner = self.runner
+        if self.sampler is not None:
+            runner = self.sampler(self.default_tau if tau is None else tau, seed)
         height, width = image.shape[-2:]
         factor = max(out_width / width, out_height / height)
         passes = max(1, math.ceil(math.log(factor) / math.log(self.scale) - 1e-9)) if factor > 1 else 1
         for _ in range(passes):
             tile = self.choose_tile(tile_spec, *image.shape[-2:])
-            image = upscale_tiled(self.runner, image, tile=tile, overlap=self.overlap, precision=self.precision,
-                                  on_tile=on_tile, warn=warn)
+            image = upscale_tiled(runner, image, tile=tile, overlap=self.overlap, precision=self.precision,
+                                  on_tile=on_tile, warn=warn, align=getattr(runner, "align", 1))
         result = image[0].permute(1, 2, 0).numpy()
         if result.shape[:2] != (out_height, out_width):
             result = lanczos_resize(result, out_width, out_height)
@@ -111,14 +118,20 @@ def load_upscaler(model: str, scale: float | None = None, device: str = "auto", 
     arch = get_architecture(info.arch)
     config = arch.make_config(info.config)
     chosen = resolve_precision(precision, torch_device, arch.supports_half)
+    sampler = None
+    if arch.sampler is not None:
+        def sampler(tau: float, seed: int) -> TileRunner:
+            return arch.sampler(module, torch_device, chosen, tau, seed)
     return Upscaler(
         name=model if not looks_like_path(model) else (info.name or path.stem),
         scale=info.scale,
         device=torch_device,
         precision=chosen,
-        runner=NetworkRunner(module, info.scale, torch_device, chosen),
+        runner=NetworkRunner(module, info.scale, torch_device, chosen) if sampler is None else sampler(0.0, 0),
         info=info,
         path=path,
-        overlap=DEFAULT_OVERLAP if overlap is None else overlap,
+        overlap=arch.tile_overlap if overlap is None else overlap,
         bytes_per_lr_pixel=arch.bytes_per_lr_pixel(config),
+        sampler=sampler,
+        default_tau=arch.default_tau,
     )

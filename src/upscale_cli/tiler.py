@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Callable, Protocol
 
 import torch
+import torch.nn.functional as F
 
 from .errors import InferenceError
 
@@ -108,10 +109,16 @@ def upscale_tiled(
 
     `runner.prepare` is called once unless `prepared` (then `state` is used); `on_tile(done, total)`
     reports progress; `warn` receives notices about fp32 redos and out-of-memory tile shrinking;
-    `align` aligns every tile boundary to a multiple of that many LR px (see the module docstring).
+    `align` aligns every tile boundary to a multiple of that many LR px (see the module docstring); an
+    image whose size is not a multiple of `align` is padded by reflection and the result cropped.
     """
     _check_arguments(image, tile, overlap, precision, batch, align)
     height, width = image.shape[-2:]
+    if height % align or width % align:
+        padded = pad_to_multiple(image, align)
+        out = upscale_tiled(runner, padded, tile=tile, overlap=overlap, precision=precision, batch=batch,
+                            min_tile=min_tile, state=state, prepared=prepared, on_tile=on_tile, warn=warn, align=align)
+        return out[..., : height * runner.scale, : width * runner.scale]
     rows, cols = _grid(height, width, tile, overlap, align)
     with torch.no_grad():
         if not prepared:
@@ -119,6 +126,16 @@ def upscale_tiled(
         first_tile = tile if tile is not None else max(height, width)
         engine = _Engine(runner, image, state, first_tile, overlap, precision, min_tile, warn, align)
         return engine.render(rows, cols, batch, on_tile)
+
+
+def pad_to_multiple(image: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Pad bottom/right to a multiple of `multiple` by reflection (replication where reflection cannot)."""
+    height, width = image.shape[-2:]
+    pad_h, pad_w = (-height) % multiple, (-width) % multiple
+    if not pad_h and not pad_w:
+        return image
+    mode = "reflect" if pad_h < height and pad_w < width else "replicate"
+    return F.pad(image, (0, pad_w, 0, pad_h), mode=mode)
 
 
 def auto_tile_size(
@@ -199,8 +216,10 @@ def _grid(height: int, width: int, tile: int | None, overlap: int, align: int = 
 def _window(rows: Span, cols: Span, overlap: int, height: int, width: int, align: int = 1) -> Window:
     """The tile for one region, its input window grown by `overlap` (outwards to a multiple of `align`)
     and clamped to the image."""
-    in_top, in_bottom = max(0, (rows[0] - overlap) // align * align), min(height, -(-(rows[1] + overlap) // align) * align)
-    in_left, in_right = max(0, (cols[0] - overlap) // align * align), min(width, -(-(cols[1] + overlap) // align) * align)
+    in_top = max(0, (rows[0] - overlap) // align * align)
+    in_bottom = min(height, -(-(rows[1] + overlap) // align) * align)
+    in_left = max(0, (cols[0] - overlap) // align * align)
+    in_right = min(width, -(-(cols[1] + overlap) // align) * align)
     return Window(
         rows[0], cols[0], rows[1] - rows[0], cols[1] - cols[0],
         in_top, in_left, in_bottom - in_top, in_right - in_left,

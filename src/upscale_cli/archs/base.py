@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from torch import nn
@@ -25,7 +25,10 @@ class Architecture:
     paper: str
     supports_half: bool = True
     stochastic: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
+    # Stochastic models: builds the TileRunner that draws one sample, (model, device, precision, tau, seed).
+    sampler: Callable[..., Any] | None = None
+    default_tau: float | None = None
+    tile_overlap: int = 16  # default overlap in LR px: feathering hides seams well before the full radius
 
     def make_config(self, values: dict[str, Any]) -> Any:
         """Build the config dataclass, rejecting unknown keys instead of ignoring them."""

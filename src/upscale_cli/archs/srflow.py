@@ -57,7 +57,7 @@ from upscale_cli.flows.layers import (
     standard_normal_log_prob,
     transition_step,
 )
-from upscale_cli.tiler import Window, upscale_tiled
+from upscale_cli.tiler import Window, pad_to_multiple
 
 HR_NOISE_STD = 4.0 / (math.sqrt(3.0) * 255.0)  # dequantisation noise of spec 2.5 (on [0, 1] images)
 DEFAULT_TAU = 0.9
@@ -347,7 +347,8 @@ class SRFlow(nn.Module):
             out.append((z * tau).to(device if device is not None else gen_device))
         return out
 
-    def decode(self, latents: Sequence[torch.Tensor], conds: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def decode(self, latents: Sequence[torch.Tensor],
+               conds: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Latents -> (HR, logdet) through the flow in reverse, in fp32 (no clamping)."""
         self._check_initialized()
         device = conds[0].device
@@ -385,16 +386,6 @@ def _nearest(x: torch.Tensor, factor: float) -> torch.Tensor:
     return x[..., ::step, ::step]
 
 
-def pad_to_multiple(image: torch.Tensor, multiple: int) -> torch.Tensor:
-    """Pad bottom/right to a multiple of `multiple` by reflection (replication where reflection cannot)."""
-    height, width = image.shape[-2:]
-    pad_h, pad_w = (-height) % multiple, (-width) % multiple
-    if not pad_h and not pad_w:
-        return image
-    mode = "reflect" if pad_h < height and pad_w < width else "replicate"
-    return F.pad(image, (0, pad_w, 0, pad_h), mode=mode)
-
-
 def sanitize(image: torch.Tensor) -> torch.Tensor:
     """NaN -> 0, +-inf -> 1 / 0, then clamp to [0, 1]."""
     return torch.nan_to_num(image, nan=0.0, posinf=1.0, neginf=0.0).clamp(0.0, 1.0)
@@ -411,7 +402,7 @@ class SRFlowRunner:
     of every latent grid (LR/2 for z_top, 2xLR for the x4 split; in general LR * scale / 2^level), runs
     the encoder on the LR window (under bf16 autocast when precision is bf16) and the flow in reverse
     in fp32. Windows must start at even LR coordinates and have even sizes: call the tiler with
-    `align=self.align` on an image padded to even size, as `upscale` does. In fp32 the output is
+    `align=self.align` (it pads the image to even size and crops the result). In fp32 the output is
     nan_to_num'ed and clamped; in bf16 NaNs are left in so that the tiler redoes the tile in fp32.
     """
 
@@ -450,14 +441,6 @@ class SRFlowRunner:
         hr = hr.float()
         hr = sanitize(hr) if precision == "fp32" else hr.clamp(0.0, 1.0)
         return hr.cpu().contiguous()
-
-    def upscale(self, image: torch.Tensor, tile: int | None, overlap: int, **kwargs: object) -> torch.Tensor:
-        """A (1, 3, H, W) LR image of any size -> (1, 3, H*s, W*s): pad to even, tile with align=2, crop."""
-        height, width = image.shape[-2:]
-        padded = pad_to_multiple(image, self.align)
-        out = upscale_tiled(self, padded, tile=tile, overlap=overlap, precision=kwargs.pop("precision", self.precision),
-                            align=self.align, **kwargs)  # type: ignore[arg-type]
-        return out[..., : height * self.scale, : width * self.scale]
 
 
 # ----- sizing ----------------------------------------------------------------------------------------
@@ -508,4 +491,7 @@ ARCHITECTURE = Architecture(
     paper="Lugmayr et al., SRFlow: Learning the Super-Resolution Space with Normalizing Flow, ECCV 2020",
     supports_half=False,
     stochastic=True,
+    sampler=SRFlowRunner,
+    default_tau=DEFAULT_TAU,
+    tile_overlap=32,  # "generous": one noise field is shared, so the rest of the radius barely matters
 )

@@ -1,0 +1,243 @@
+"""What `upscale` and `upscale sample` share: inputs to jobs, outputs written safely, outcomes reported."""
+
+from __future__ import annotations
+
+import glob
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from upscale_cli.cli.common import echo_err
+from upscale_cli.errors import ExitCode, ImageWriteError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp"}
+NAME_FIELDS = {"stem": "x", "model": "m", "scale": "4", "ext": "png", "seed": "0", "tau": "0.8", "i": "0"}
+
+
+@dataclass
+class Job:
+    """One input and where its result goes (None = stdin / stdout)."""
+
+    source: Path | None
+    out_dir: Path | None  # folder for the output (None with an explicit output file or stdout)
+    out_file: Path | None = None
+    to_stdout: bool = False
+
+    @property
+    def label(self) -> str:
+        return "<stdin>" if self.source is None else str(self.source)
+
+
+@dataclass
+class Outcome:
+    input: str
+    status: str  # ok | failed | skipped | dry-run
+    output: str | None = None
+    error: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def record(self) -> dict[str, Any]:
+        data = {"input": self.input, "status": self.status, "output": self.output, **self.extra}
+        if self.error:
+            data["error"] = self.error
+        return data
+
+
+def tile_option(value: str) -> str:
+    if value in ("auto", "none"):
+        return value
+    if value.isdigit() and int(value) >= 8:
+        return value
+    raise click.BadParameter("must be auto, none, or a tile size in pixels (>= 8)")
+
+
+
+def output_options(default_name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The options of every command that writes images: where, how, on what device, how loudly."""
+    options = [
+        click.option("-o", "--output", help="Output file (one input), folder, or '-' for stdout."),
+        click.option("--name", "name_template", default=default_name, show_default=True,
+                     help="Output file name: {stem} {model} {scale} {ext} (and {seed} {tau} {i} when sampling)."),
+        click.option("-r", "--recursive", is_flag=True,
+                     help="Descend into subfolders of folder inputs (the output mirrors the tree)."),
+        click.option("--format", "fmt", type=click.Choice(["same", "png", "jpg", "webp", "tiff"]), default="same",
+                     show_default=True),
+        click.option("--quality", type=click.IntRange(1, 100), help="Quality for jpg/webp (default 95 / 90)."),
+        click.option("--tile", default="auto", show_default=True, callback=lambda c, p, v: tile_option(v),
+                     help="auto, none, or a tile size in LR pixels."),
+        click.option("--tile-overlap", type=click.IntRange(min=0), help="Overlap between tiles in LR pixels (default 16)."),
+        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
+        click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto",
+                     show_default=True),
+        click.option("--threads", type=click.IntRange(min=1), help="CPU threads for torch."),
+        click.option("--overwrite", is_flag=True, help="Replace existing outputs."),
+        click.option("--skip-existing", is_flag=True, help="Leave existing outputs alone and move on."),
+        click.option("--max-pixels", type=click.IntRange(min=1), default=100_000_000, show_default=True,
+                     help="Refuse inputs larger than this many pixels (decompression-bomb guard)."),
+        click.option("--json", "as_json", is_flag=True, help="One JSON object per file on stdout, then a summary."),
+        click.option("--dry-run", is_flag=True, help="Say what would be written; write nothing."),
+        click.option("-q", "--quiet", is_flag=True, help="No progress or per-file messages."),
+        click.option("-v", "--verbose", is_flag=True, help="More detail, and tracebacks on errors."),
+    ]
+
+    def decorate(function: Callable[..., Any]) -> Callable[..., Any]:
+        for option in reversed(options):
+            function = option(function)
+        return function
+
+    return decorate
+
+
+def check_output_usage(opts: dict[str, Any]) -> None:
+    """Usage errors shared by the image-writing commands (exit code 2)."""
+    if opts["overwrite"] and opts["skip_existing"]:
+        raise click.UsageError("--overwrite and --skip-existing exclude each other")
+    try:
+        opts["name_template"].format(**NAME_FIELDS)
+    except (KeyError, IndexError, ValueError) as exc:
+        raise click.BadParameter(f"bad template ({exc}); fields: {', '.join(NAME_FIELDS)}", param_hint="--name")
+    if "-" in opts["inputs"] and len(opts["inputs"]) > 1:
+        raise click.UsageError("'-' (stdin) must be the only input")
+    if opts["output"] == "-" and opts["inputs"] != ("-",) and not _single_file(opts["inputs"]):
+        raise click.UsageError("-o - (stdout) takes exactly one input image")
+    if opts["inputs"] == ("-",) and not opts["output"]:
+        raise click.UsageError("reading from stdin needs -o FILE or -o - for stdout")
+
+
+def load_model_for_cli(opts: dict[str, Any], scale: float | None = None) -> Any:
+    """Load the model the options name; a device or precision this machine lacks is a usage error."""
+    from upscale_cli.engine import load_upscaler
+
+    try:
+        upscaler = load_upscaler(opts["model"], scale, opts["device"], opts["precision"], opts["tile_overlap"],
+                                 opts["threads"])
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    if opts["tile"].isdigit() and int(opts["tile"]) <= upscaler.overlap:
+        raise click.BadParameter(f"the tile ({opts['tile']}) must be larger than the overlap ({upscaler.overlap})",
+                                 param_hint="--tile")
+    return upscaler
+
+
+def _single_file(inputs: tuple[str, ...]) -> bool:
+    return len(inputs) == 1 and Path(inputs[0]).is_file()
+
+
+def expand_inputs(inputs: tuple[str, ...], output: str | None, recursive: bool) -> tuple[list[Job], list[Outcome]]:
+    """Jobs for every image the inputs name, and failures for inputs that name nothing."""
+    jobs: list[Job] = []
+    missing: list[Outcome] = []
+    out_is_file = output not in (None, "-") and _single_file(inputs) and not Path(output).is_dir() \
+        and not output.endswith(("/", "\\")) and Path(output).suffix != ""
+    out_dir = Path(output) if output not in (None, "-") and not out_is_file else None
+    for spec in inputs:
+        if spec == "-":
+            jobs.append(Job(None, None, Path(output) if output != "-" else None, output == "-"))
+            continue
+        path = Path(spec)
+        if path.is_dir():
+            files = sorted(p for p in (path.rglob("*") if recursive else path.iterdir())
+                           if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                           and not any(part.startswith(".") for part in p.relative_to(path).parts))
+            if not files:
+                missing.append(Outcome(spec, "failed", error=f"{spec}: no images in this folder"
+                                       + ("" if recursive else " (use --recursive for subfolders)")))
+            for file in files:
+                target = (out_dir / file.parent.relative_to(path)) if out_dir else file.parent
+                jobs.append(Job(file, target))
+            continue
+        if path.is_file():
+            jobs.append(Job(path, None if out_is_file or output == "-" else (out_dir or path.parent),
+                            Path(output) if out_is_file else None, output == "-"))
+            continue
+        matches = sorted(Path(m) for m in glob.glob(spec, recursive=True) if Path(m).is_file())
+        if not matches:
+            missing.append(Outcome(spec, "failed", error=f"{spec}: no such file, folder or matching pattern"))
+        jobs.extend(Job(m, out_dir or m.parent) for m in matches)
+    return jobs, missing
+
+
+def format_scale(value: float) -> str:
+    return f"{round(value, 3):g}"
+
+
+def destination(job: Job, template: str, **fields: Any) -> Path | None:
+    """Where a result goes: stdout (None), the explicit output file, or the folder + name template."""
+    if job.to_stdout:
+        return None
+    if job.out_file is not None:
+        return job.out_file
+    stem = "stdin" if job.source is None else job.source.stem
+    values = {"seed": "", "tau": "", "i": 0, **fields}
+    assert job.out_dir is not None
+    return job.out_dir / template.format(stem=stem, **values)
+
+
+def existing_output(path: Path | None, opts: dict[str, Any]) -> bool:
+    """True when `path` exists and --skip-existing says to leave it; an error when neither flag allows it."""
+    if path is None or not path.exists():
+        return False
+    if opts["skip_existing"]:
+        return True
+    if not opts["overwrite"]:
+        raise ImageWriteError(path, "exists (use --overwrite or --skip-existing)")
+    return False
+
+
+def write_output(path: Path | None, rgb: Any, image: Any, fmt: str, opts: dict[str, Any]) -> None:
+    """Encode `rgb` with the source's alpha (resized), bit depth, ICC and EXIF; write atomically or to stdout."""
+    from upscale_cli.image_io import encode_image, lanczos_resize, write_image
+
+    height, width = rgb.shape[:2]
+    alpha = None if image.alpha is None else lanczos_resize(image.alpha, width, height).clip(0, 1)
+    data = encode_image(rgb, alpha, fmt, grayscale=image.grayscale, bit_depth=image.bit_depth,
+                        quality=opts["quality"], icc_profile=image.icc_profile, exif=image.exif)
+    if path is None:
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+    else:
+        write_image(path, data, overwrite=opts["overwrite"])
+
+
+class Reporter:
+    """Collects outcomes, prints them (text on stderr or JSON on stdout), and works out the exit code."""
+
+    def __init__(self, opts: dict[str, Any]) -> None:
+        self.as_json = opts["as_json"]
+        self.quiet = opts["quiet"]
+        self.verbose = opts["verbose"]
+        self.outcomes: list[Outcome] = []
+        self.show_progress = not self.quiet and sys.stderr.isatty()
+        self.say = echo_err  # replaced by the progress display's printer while bars are live
+
+    def note(self, message: str, verbose_only: bool = False) -> None:
+        if not self.quiet and (self.verbose or not verbose_only):
+            self.say(message)
+
+    def add(self, outcome: Outcome) -> None:
+        self.outcomes.append(outcome)
+        if self.as_json:
+            click.echo(json.dumps(outcome.record()))
+        elif outcome.status == "failed":
+            self.say(f"error: {outcome.error}")
+        elif not self.quiet:
+            verb = {"ok": "wrote", "skipped": "skipped (exists)", "dry-run": "would write"}[outcome.status]
+            size = f" ({outcome.extra['width']}x{outcome.extra['height']})" if "width" in outcome.extra else ""
+            self.say(f"{verb} {outcome.output}{size}")
+
+    def finish(self) -> int:
+        counts = {s: sum(o.status == s for o in self.outcomes) for s in ("ok", "failed", "skipped", "dry-run")}
+        failed = [o for o in self.outcomes if o.status == "failed"]
+        if self.as_json:
+            click.echo(json.dumps({"summary": counts, "failures": [o.record() for o in failed]}))
+        elif failed:
+            echo_err(f"{len(failed)} of {len(self.outcomes)} input(s) failed:")
+            for outcome in failed:
+                echo_err(f"  {outcome.error}")
+        elif not self.quiet and len(self.outcomes) > 1:
+            echo_err(", ".join(f"{n} {s}" for s, n in counts.items() if n))
+        return int(ExitCode.SOME_FAILED) if failed else int(ExitCode.OK)
