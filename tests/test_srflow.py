@@ -426,3 +426,39 @@ def test_engine_and_cli_sample_srflow_by_seed_and_tau(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     with Image.open(tmp_path / "out" / "lr_t0.8_s5.png") as written:
         assert np.array_equal(np.asarray(written), (first.clip(0, 1) * 255).round().astype(np.uint8))
+
+
+def test_sample_command_writes_seeds_taus_grid_and_std_map(tmp_path: Path) -> None:
+    import numpy as np
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from conftest import smooth_image
+    from upscale_cli.cli import cli
+
+    model = tiny_model()
+    path = tmp_path / "flow_x4.safetensors"
+    save_checkpoint(path, model, CheckpointInfo("srflow", 4, config_dict(model.config), name="flow_x4"))
+    Image.fromarray(smooth_image(12, 14, 2)).save(tmp_path / "lr.png")
+    args = [str(tmp_path / "lr.png"), "-m", str(path), "-n", "3", "--tau", "0,0.8", "--seed", "0",
+            "--precision", "fp32", "-o", str(tmp_path / "s"), "--grid", str(tmp_path / "grid.png"),
+            "--std-map", str(tmp_path / "std.png"), "--json"]
+    result = CliRunner().invoke(cli, ["sample", *args])
+    assert result.exit_code == 0, result.output
+    names = sorted(p.name for p in (tmp_path / "s").iterdir())
+    assert names == sorted(f"lr_tau{t}_seed{s}.png" for t in ("0", "0.8") for s in (0, 1, 2))
+    def load(name: str) -> np.ndarray:
+        with Image.open(tmp_path / "s" / name) as image:
+            return np.asarray(image).astype(float)
+    assert np.array_equal(load("lr_tau0_seed0.png"), load("lr_tau0_seed2.png"))  # tau 0 is deterministic
+    assert not np.array_equal(load("lr_tau0.8_seed0.png"), load("lr_tau0.8_seed1.png"))  # seeds differ
+    with Image.open(tmp_path / "grid.png") as grid:
+        assert grid.width > 5 * 56 and grid.height > 2 * 48  # 5 columns (3 samples, bicubic, LR), 2 rows
+    with Image.open(tmp_path / "std.png") as std:
+        assert std.size == (56, 48) and np.asarray(std).std() > 0
+    summary = [json.loads(l) for l in result.stdout.splitlines()][-1]["summary"]
+    assert summary["ok"] == 8 and summary["failed"] == 0
+    again = CliRunner().invoke(cli, ["sample", *args])  # the outputs exist now: nothing is overwritten
+    assert again.exit_code == 1 and "exists" in again.output
+    deterministic = CliRunner().invoke(cli, ["sample", str(tmp_path / "lr.png"), "-m", "bicubic"])
+    assert deterministic.exit_code == 2 and "deterministic" in deterministic.output

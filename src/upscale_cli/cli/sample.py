@@ -1,0 +1,178 @@
+"""`upscale sample LR... -n N --tau T[,T...]`: several plausible HR answers per input from a stochastic model."""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+import click
+
+from upscale_cli.cli.batch import (Job, Outcome, Reporter, check_output_usage, destination, existing_output,
+                                   expand_inputs, load_model_for_cli, output_options, write_output)
+from upscale_cli.cli.common import run_guarded
+from upscale_cli.cli.progress import BatchProgress
+from upscale_cli.errors import ExitCode, UpscaleError
+
+DEFAULT_NAME = "{stem}_tau{tau}_seed{seed}.{ext}"
+
+
+def temperatures(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[float, ...] | None:
+    """`0.8` or `0,0.5,0.8,1.0` into a tuple of floats in [0, 2]."""
+    if value is None:
+        return None
+    try:
+        taus = tuple(float(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: give temperatures like 0.8 or 0,0.5,0.8") from None
+    if not taus or any(not 0 <= t <= 2 for t in taus):
+        raise click.BadParameter("temperatures lie between 0 and 2")
+    return taus
+
+
+@click.command()
+@click.argument("inputs", nargs=-1, required=True, metavar="LR...")
+@click.option("-n", "--samples", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Samples per temperature; sample i uses seed SEED + i.")
+@click.option("--tau", "taus", callback=temperatures, metavar="T[,T...]",
+              help="Temperature(s) (default: the model's, 0.9 for SRFlow); 0 gives the deterministic mean.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="First seed (0 is a seed).")
+@click.option("-m", "--model", default="srflow", show_default=True, help="A stochastic model name or checkpoint.")
+@click.option("--grid", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Also write a labelled contact sheet: a row per temperature, a column per sample, "
+                   "plus bicubic and the LR. With several inputs put {stem} in FILE.")
+@click.option("--std-map", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Also write a heat map of the per-pixel standard deviation across the samples of the "
+                   "highest temperature: where the model is unsure. With several inputs put {stem} in FILE.")
+@output_options(DEFAULT_NAME)
+def sample(**opts: Any) -> None:
+    """Draw N samples per temperature from SRFlow for each LR image: many plausible HR answers.
+
+    The same seed always gives the same image, on any tile size. Exit codes as for upscale.
+    """
+    run_guarded(lambda: _run(opts), opts["verbose"])
+
+
+def _check_usage(opts: dict[str, Any]) -> None:
+    check_output_usage(opts)
+    if opts["output"] == "-":
+        raise click.UsageError("sample writes several files: give -o DIR, not -o -")
+    several = len(opts["inputs"]) > 1 or any(Path(i).is_dir() or not Path(i).exists() for i in opts["inputs"])
+    for flag in ("grid", "std_map"):
+        if opts[flag] and several and "{stem}" not in opts[flag]:
+            raise click.BadParameter("with several inputs the file name needs {stem}", param_hint=f"--{flag}")
+
+
+def _run(opts: dict[str, Any]) -> int:
+    _check_usage(opts)
+    output_dir = None if opts["output"] is None else opts["output"].rstrip("/") + "/"
+    jobs, outcomes = expand_inputs(opts["inputs"], output_dir, opts["recursive"])
+    report = Reporter(opts)
+    for outcome in outcomes:
+        report.add(outcome)
+    if jobs:
+        upscaler = load_model_for_cli(opts)
+        if not upscaler.stochastic:
+            raise click.UsageError(f"{upscaler.name} is deterministic: `upscale sample` needs a stochastic model "
+                                   "such as srflow (use `upscale` for one output)")
+        taus = opts["taus"] or (upscaler.default_tau,)
+        report.note(f"{upscaler.name} (x{upscaler.scale}) on {upscaler.device}, {upscaler.precision}, "
+                    f"tau {', '.join(f'{t:g}' for t in taus)}, {opts['samples']} sample(s) each, seeds from {opts['seed']}")
+        with BatchProgress(len(jobs) * len(taus) * opts["samples"], enabled=report.show_progress) as progress:
+            report.say = progress.print
+            for job in jobs:
+                for outcome in _sample_one(job, upscaler, taus, opts, progress, report):
+                    report.add(outcome)
+    return report.finish()
+
+
+def _sample_one(job: Job, upscaler: Any, taus: tuple[float, ...], opts: dict[str, Any],
+                progress: BatchProgress, report: Reporter) -> list[Outcome]:
+    """All samples of one input, then its grid and std-map; a failure ends this input only."""
+    import numpy as np
+
+    from upscale_cli.image_io import extension, output_format, read_image
+
+    outcomes: list[Outcome] = []
+    try:
+        image = read_image(job.source, max_pixels=opts["max_pixels"], name=job.label)
+        out_w, out_h = image.width * upscaler.scale, image.height * upscaler.scale
+        fmt = output_format(opts["fmt"], image.format, image.alpha is not None)
+        drawn: dict[float, list[np.ndarray]] = {}
+        for tau in taus:
+            for i in range(opts["samples"]):
+                seed = opts["seed"] + i
+                path = destination(job, opts["name_template"], model=upscaler.name, scale=upscaler.scale,
+                                   ext=extension(fmt).lstrip("."), seed=seed, tau=f"{tau:g}", i=i)
+                extra = {"model": upscaler.name, "tau": tau, "seed": seed, "width": out_w, "height": out_h}
+                needs_pixels = bool(opts["grid"] or opts["std_map"])
+                if existing_output(path, opts) and not needs_pixels:
+                    outcomes.append(Outcome(job.label, "skipped", str(path), extra=extra))
+                    progress.advance_file()
+                    continue
+                if opts["dry_run"]:
+                    outcomes.append(Outcome(job.label, "dry-run", str(path), extra=extra))
+                    progress.advance_file()
+                    continue
+                progress.start_image(f"{job.label} tau {tau:g} seed {seed}", image.width * image.height)
+                rgb = upscaler.upscale(image.rgb, out_w, out_h, opts["tile"], on_tile=progress.tile_done,
+                                       warn=lambda m: report.note(f"{job.label}: {m}"), seed=seed, tau=tau)
+                drawn.setdefault(tau, []).append(rgb)
+                if path is not None and path.exists() and not opts["overwrite"]:
+                    outcomes.append(Outcome(job.label, "skipped", str(path), extra=extra))
+                else:
+                    write_output(path, rgb, image, fmt, opts)
+                    outcomes.append(Outcome(job.label, "ok", str(path), extra=extra))
+                progress.image_done(out_w * out_h)
+                progress.advance_file()
+        if not opts["dry_run"]:
+            outcomes += _extras(job, image, drawn, opts)
+    except UpscaleError as exc:
+        if exc.exit_code == ExitCode.MODEL:
+            raise
+        outcomes.append(Outcome(job.label, "failed", error=str(exc)))
+    except (MemoryError, RuntimeError, OSError, ValueError) as exc:
+        if opts["verbose"]:
+            traceback.print_exc(file=sys.stderr)
+        outcomes.append(Outcome(job.label, "failed", error=f"{job.label}: {type(exc).__name__}: {exc}".splitlines()[0]))
+    return outcomes
+
+
+def _extras(job: Job, image: Any, drawn: dict[float, list[Any]], opts: dict[str, Any]) -> list[Outcome]:
+    """The contact sheet and the std-map of one input, written like any other output."""
+    import numpy as np
+    import torch
+
+    from upscale_cli.resize import imresize
+    from upscale_cli.sheets import contact_sheet, heat_map, nearest_resize
+
+    outcomes = []
+    stem = job.source.stem if job.source is not None else "stdin"
+    height, width = next(iter(drawn.values()))[0].shape[:2]
+    if opts["grid"]:
+        lr = image.rgb
+        bicubic = imresize(torch.from_numpy(lr.transpose(2, 0, 1).copy()), size=(height, width))
+        references = [bicubic.permute(1, 2, 0).numpy(), nearest_resize(lr, width, height)]
+        rows = [samples + references for samples in drawn.values()]
+        columns = [f"seed {opts['seed'] + i}" for i in range(opts["samples"])] + ["bicubic", "LR"]
+        sheet = contact_sheet(rows, [f"tau {t:g}" for t in drawn], columns)
+        outcomes.append(_write_extra(Path(opts["grid"].format(stem=stem)), sheet, opts, "grid"))
+    if opts["std_map"]:
+        samples = np.stack(drawn[max(drawn)]).clip(0, 1) * 255
+        spread = samples.std(axis=0).mean(axis=-1)
+        top = float(np.percentile(spread, 99)) or 1.0
+        data = heat_map(spread, top)
+        outcomes.append(_write_extra(Path(opts["std_map"].format(stem=stem)), (data * 255).round().astype(np.uint8),
+                                     opts, f"std-map (tau {max(drawn):g}; white = {top:.1f} levels of 255)"))
+    return outcomes
+
+
+def _write_extra(path: Path, pixels: Any, opts: dict[str, Any], what: str) -> Outcome:
+    """Write a uint8 RGB figure as PNG, with the same overwrite rules as the samples."""
+    from upscale_cli.image_io import encode_image, write_image
+
+    if existing_output(path, opts):
+        return Outcome(what, "skipped", str(path))
+    write_image(path, encode_image(pixels.astype("float32") / 255, None, "png"), overwrite=opts["overwrite"])
+    return Outcome(what, "ok", str(path))
