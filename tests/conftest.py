@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,17 @@ def smooth_image(height: int, width: int, seed: int) -> np.ndarray:
         channels.append(0.5 + 0.35 * np.sin(fx * x + fy * y + phase))
     image = np.stack(channels, -1) + rng.normal(0, 0.03, (height, width, 3))
     return (image.clip(0, 1) * 255).round().astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """Tiny convolutions run fastest single-threaded (and leave the other core to other work)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ round-trip test on fresh layers would pass even with a wrong inverse.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -32,12 +32,7 @@ from upscale_cli.flows.layers import SCALE_FLOOR, affine_scale, gaussian_log_pro
 C, COND = 4, 3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @torch.no_grad()

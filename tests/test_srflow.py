@@ -9,7 +9,6 @@ untrained flow perturbed more strongly explodes in reverse, as SRFlow's pitfalls
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -38,12 +37,7 @@ TINY = {"steps": 1, "hidden": 8, "encoder_channels": 8, "encoder_blocks": 1, "st
 TILE_TOLERANCE = 1e-5  # see test_tiled_sample_equals_untiled
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_config(**overrides: object) -> SRFlowConfig:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -23,13 +22,7 @@ from upscale_cli.tiler import (
 RADIUS = 3  # three 3x3 convolutions before the pixel shuffle
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """Tiny convolutions are fastest single-threaded (and do not contend with other work on the machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_net(scale: int, seed: int = 0) -> nn.Module:
