@@ -189,3 +189,27 @@ def test_srgan_vgg_content_loads_torchvision_layout(image_folder: Path, tmp_path
     torch.save({"features.0.weight": torch.zeros(1)}, tmp_path / "bad.pth")
     with pytest.raises(ValueError, match="not torchvision VGG19 weights"):
         VGG19Features.from_file(tmp_path / "bad.pth")
+
+
+def test_tensorboard_scalars_when_installed(image_folder: Path, tmp_path: Path, monkeypatch) -> None:
+    """With tensorboard importable, every logged figure also goes to a SummaryWriter in the run dir."""
+    import types
+
+    written: list[tuple[str, float, int]] = []
+
+    class FakeWriter:
+        def __init__(self, folder: str) -> None:
+            assert folder.endswith("tensorboard")
+
+        def add_scalar(self, key: str, value: float, step: int) -> None:
+            written.append((key, value, step))
+
+        def flush(self) -> None:
+            pass
+
+    module = types.ModuleType("torch.utils.tensorboard")
+    module.SummaryWriter = FakeWriter
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", module)
+    Trainer(tiny_config(image_folder, iters=2, log_every=1), tmp_path / "tb", "test").run()
+    assert {k for k, _, _ in written} >= {"loss", "lr", "it_per_s"}
+    assert sorted({s for _, _, s in written}) == [1, 2]

@@ -119,6 +119,26 @@ class Distributed:
             dist.destroy_process_group()
 
 
+def _tensorboard_writer(run_dir: Path) -> Any:
+    """A SummaryWriter in `run_dir/tensorboard`, or False without the optional tensorboard package."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return False
+    return SummaryWriter(str(run_dir / "tensorboard"))
+
+
+def _flatten(record: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """{"val": {"psnr_y": 30}} -> {"val/psnr_y": 30}; non-numbers and the step are left out."""
+    flat: dict[str, float] = {}
+    for key, value in record.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}/"))
+        elif isinstance(value, (int, float)) and key != "step":
+            flat[f"{prefix}{key}"] = float(value)
+    return flat
+
+
 class Trainer:
     """Runs one recipe to `config.iters` steps in `run_dir`, resuming from its state when asked."""
 
@@ -143,6 +163,7 @@ class Trainer:
         self.latest_validation: dict[str, Any] = {}
         self.elapsed = 0.0
         self._stop_signal: int | None = None
+        self._board: Any = None  # TensorBoard writer, False when tensorboard is not installed
 
     # ----- state -----------------------------------------------------------------------------
     @property
@@ -220,10 +241,17 @@ class Trainer:
         self._stop_signal = signum
 
     def _log(self, record: dict[str, Any]) -> None:
+        """Append to log.jsonl, and to TensorBoard when the tensorboard package is installed."""
         if not self.dist.main:
             return
         with open(self.run_dir / "log.jsonl", "a") as handle:
             handle.write(json.dumps(record) + "\n")
+        if self._board is None:
+            self._board = _tensorboard_writer(self.run_dir)
+        if self._board:
+            for key, value in _flatten(record).items():
+                self._board.add_scalar(key, value, record["step"])
+            self._board.flush()
 
     def _validate(self) -> None:
         if self.validate is None or not self.dist.main:
