@@ -213,3 +213,37 @@ def test_tensorboard_scalars_when_installed(image_folder: Path, tmp_path: Path, 
     Trainer(tiny_config(image_folder, iters=2, log_every=1), tmp_path / "tb", "test").run()
     assert {k for k, _, _ in written} >= {"loss", "lr", "it_per_s"}
     assert sorted({s for _, _, s in written}) == [1, 2]
+
+
+def test_train_command_end_to_end(image_folder: Path, tmp_path: Path, monkeypatch) -> None:
+    """`upscale train` wires its options, refuses to clobber a run, resumes, and exports with provenance."""
+    from click.testing import CliRunner
+
+    from upscale_cli.cli import cli
+
+    monkeypatch.chdir(tmp_path)
+    toml = tmp_path / "tiny.toml"
+    toml.write_text('batch = 2\npatch = 16\nlog_every = 1\nval_every = 1000\n[arch]\nchannels = 8\nblocks = 1\n')
+    args = ["train", "--model", "srresnet", "--data", str(image_folder), "--config", str(toml), "--iters", "3",
+            "--lr", "0.001", "--loss", "mse", "--seed", "4", "--precision", "fp32", "--run-dir", "run",
+            "--out", "out.safetensors", "--set", "ema=0.5"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["lr"] == 0.001 and saved["loss"] == "mse" and saved["seed"] == 4 and saved["ema"] == 0.5
+    assert saved["batch"] == 2 and saved["arch"] == {"channels": 8, "blocks": 1}
+    info = read_info(tmp_path / "out.safetensors")
+    assert info.training["iterations"] == 3 and info.training["command"].startswith("upscale train")
+    assert info.config["channels"] == 8
+
+    again = CliRunner().invoke(cli, args)
+    assert again.exit_code == 2 and "holds a run already" in again.output
+    longer = CliRunner().invoke(cli, ["train", "--resume", "run", "--iters", "5"])
+    assert longer.exit_code == 0, longer.output
+    assert "resumed run at step 3" in longer.output
+    assert json.loads((tmp_path / "run" / "log.jsonl").read_text().splitlines()[-1])["step"] == 5
+    nothing = CliRunner().invoke(cli, ["train", "--resume", "nowhere"])
+    assert nothing.exit_code == 2 and "no state.pt" in nothing.output
+    unknown = CliRunner().invoke(cli, ["train", "--data", str(image_folder), "--set", "nope=1"])
+    assert unknown.exit_code == 2 and "unknown training setting 'nope'" in unknown.output
+    assert CliRunner().invoke(cli, ["train", "--model", "srresnet"]).exit_code == 2  # no --data
