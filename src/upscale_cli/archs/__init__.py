@@ -15,11 +15,6 @@ _MODULES: dict[str, str] = {
 }
 
 
-def architecture_ids() -> list[str]:
-    """Every registered architecture id, in registry order."""
-    return list(_MODULES)
-
-
 def get_architecture(arch_id: str) -> Architecture:
     """The architecture registered under `arch_id`; KeyError names the known ones."""
     if arch_id not in _MODULES:

@@ -25,6 +25,8 @@ makes every layer's logdet a true Jacobian log-determinant (what the tests check
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import math
 from typing import Sequence
 
@@ -57,14 +59,16 @@ def _per_sample_sum(t: torch.Tensor) -> torch.Tensor:
     return t.flatten(1).sum(1)
 
 
-class InvertibleLayer(nn.Module):
+class InvertibleLayer(nn.Module, ABC):
     """Base class of every flow layer: `forward` encodes, `reverse` decodes (see the module docstring)."""
 
+    @abstractmethod
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        raise NotImplementedError  # each layer defines its encode direction
+        """Encode direction: data -> latent, with the per-sample log|det J|."""
 
+    @abstractmethod
     def reverse(self, z: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        raise NotImplementedError  # each layer defines its exact inverse
+        """The exact inverse, with the negated log-determinant."""
 
 
 class ActNorm(InvertibleLayer):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+from abc import ABC, abstractmethod
 from typing import Any, Callable
 
 import torch
@@ -19,11 +20,7 @@ _RECIPES = {
 AutocastFactory = Callable[[], Any]
 
 
-def recipe_names() -> list[str]:
-    return list(_RECIPES)
-
-
-class Recipe:
+class Recipe(ABC):
     """What the loop needs from a recipe: the generator to average and export, and one step."""
 
     arch_id: str
@@ -31,18 +28,22 @@ class Recipe:
     generator: nn.Module  # the unwrapped generator (EMA and export read it)
     selection_metric: str | None = "psnr_y"  # validation figure that picks the best checkpoint (None: keep last)
 
+    @abstractmethod
     def train_step(self, lr: torch.Tensor, hr: torch.Tensor, step: int,
                    autocast: AutocastFactory) -> dict[str, float]:
-        raise NotImplementedError  # each recipe defines its own step
+        """One optimisation step on a batch; returns the figures to log."""
 
+    @abstractmethod
     def current_lr(self) -> float:
-        raise NotImplementedError  # each recipe reports its generator's learning rate
+        """The generator's learning rate now."""
 
+    @abstractmethod
     def state_dict(self) -> dict[str, Any]:
-        raise NotImplementedError  # each recipe saves its own networks and optimisers
+        """Networks, optimisers and schedules: everything a bit-exact resume needs."""
 
+    @abstractmethod
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        raise NotImplementedError
+        """Restore what `state_dict` saved."""
 
 
 def make_recipe(config: TrainConfig, wrap: Callable[[nn.Module], nn.Module]) -> Recipe:
