@@ -337,3 +337,18 @@ def test_named_model_found_in_weights_folder(photo: Path, tiny_checkpoint: Path,
     assert invoke(photo, "--model", "srgan", "-o", tmp_path / "n.png", env=env).exit_code == 0
     assert invoke(photo, "--model", tiny_checkpoint, "-o", tmp_path / "p.png").exit_code == 0
     assert np.array_equal(pixels(tmp_path / "n.png"), pixels(tmp_path / "p.png"))
+
+
+def test_a_bug_is_one_line_exit_70_and_verbose_shows_the_traceback(photo: Path, monkeypatch) -> None:
+    import upscale_cli.engine as engine
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise ZeroDivisionError("simulated bug")
+
+    monkeypatch.setattr(engine, "load_upscaler", broken)
+    result = CliRunner().invoke(cli, [str(photo), "-m", "bicubic"])
+    assert result.exit_code == 70
+    assert result.stderr.strip().splitlines()[-1].startswith("error: internal error: ZeroDivisionError")
+    assert "Traceback" not in result.stderr
+    verbose = CliRunner().invoke(cli, [str(photo), "-m", "bicubic", "-v"])
+    assert verbose.exit_code == 70 and "Traceback" in verbose.stderr

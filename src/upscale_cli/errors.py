@@ -12,6 +12,7 @@ class ExitCode(IntEnum):
     SOME_FAILED = 1  # at least one input failed; the others were written
     USAGE = 2  # Click's own code for bad options
     MODEL = 3  # the model or checkpoint cannot be loaded or run
+    INTERNAL = 70  # a bug in upscale (EX_SOFTWARE); --verbose shows the traceback
     INTERRUPTED = 130  # 128 + SIGINT
 
 

@@ -33,4 +33,12 @@ def run_guarded(body: Callable[[], int | None], verbose: bool) -> None:
     except KeyboardInterrupt:
         echo_err("interrupted")
         sys.exit(int(ExitCode.INTERRUPTED))
+    except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+        raise
+    except Exception as exc:  # a bug: one line for the user, the traceback with --verbose
+        if verbose:
+            traceback.print_exception(exc, file=sys.stderr)
+        hint = "" if verbose else " (rerun with --verbose for the traceback)"
+        echo_err(f"error: internal error: {type(exc).__name__}: {exc}".splitlines()[0] + hint)
+        sys.exit(int(ExitCode.INTERNAL))
     sys.exit(int(code or 0))
