@@ -43,7 +43,7 @@ def main() -> None:
         upscaler = load_upscaler(name, precision="fp32")
         sr = upscaler.upscale(lr.rgb, hr.width, hr.height, "none", tau=args.tau)
         cells.append(crop(np.clip(sr, 0, 1), x, y, size, args.zoom))
-        labels.append(name)
+        labels.append(upscaler.name)
     cells.append(crop(hr.rgb, x, y, size, args.zoom))
     labels.append("HR")
     sheet = contact_sheet([cells], [""], labels)
