@@ -456,3 +456,25 @@ def test_sample_command_writes_seeds_taus_grid_and_std_map(tmp_path: Path) -> No
     assert again.exit_code == 1 and "exists" in again.output
     deterministic = CliRunner().invoke(cli, ["sample", str(tmp_path / "lr.png"), "-m", "bicubic"])
     assert deterministic.exit_code == 2 and "deterministic" in deterministic.output
+
+
+def test_bench_quality_scores_srflow_samples(tmp_path: Path) -> None:
+    """bench quality on a real (tiny) SRFlow: diversity is 0 at tau 0, positive at tau 0.8; LR-PSNR reported."""
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from conftest import smooth_image
+    from upscale_cli.cli import cli
+
+    model = tiny_model()
+    path = tmp_path / "flow_x4.safetensors"
+    save_checkpoint(path, model, CheckpointInfo("srflow", 4, config_dict(model.config), name="flow_x4"))
+    (tmp_path / "set" / "HR").mkdir(parents=True)
+    Image.fromarray(smooth_image(48, 40, 1)).save(tmp_path / "set" / "HR" / "a.png")
+    result = CliRunner().invoke(cli, ["bench", "quality", "--data", str(tmp_path / "set"), "-m", str(path),
+                                      "--tau", "0,0.8", "--samples", "2", "--json", str(tmp_path / "q.json")])
+    assert result.exit_code == 0, result.output
+    rows = {(r["model"], r["tau"]): r for r in json.loads((tmp_path / "q.json").read_text())["results"]}
+    assert rows[("flow_x4", 0.0)]["mean"]["diversity"] == 0
+    assert rows[("flow_x4", 0.8)]["mean"]["diversity"] > 0
+    assert all(r["mean"]["lr_psnr"] > 0 for r in rows.values())
