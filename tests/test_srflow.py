@@ -478,3 +478,31 @@ def test_bench_quality_scores_srflow_samples(tmp_path: Path) -> None:
     assert rows[("flow_x4", 0.0)]["mean"]["diversity"] == 0
     assert rows[("flow_x4", 0.8)]["mean"]["diversity"] > 0
     assert all(r["mean"]["lr_psnr"] > 0 for r in rows.values())
+
+
+def test_two_process_ddp_srflow_ranks_agree_across_the_encoder_unfreeze(
+        image_folder: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """DDP with the encoder frozen for the first half, then trained jointly: both ranks end identical."""
+    import os
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    from test_train import WORKER
+
+    config = train_config(image_folder, tiny_checkpoint, iters=6, log_every=1, encoder_frozen_fraction=0.5)
+    worker = tmp_path / "worker.py"
+    worker.write_text(WORKER)
+    run_dir = tmp_path / "ddp"
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         str(worker), config.to_json(), str(run_dir)],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rank0, rank1 = load_file(str(run_dir / "rank0.safetensors")), load_file(str(run_dir / "rank1.safetensors"))
+    assert rank0.keys() == rank1.keys()
+    for key in rank0:
+        assert torch.equal(rank0[key], rank1[key]), key
+    initial = load_file(str(tiny_checkpoint))
+    assert not torch.equal(rank0["encoder.head.0.weight"], initial["head.0.weight"])  # the encoder did train
