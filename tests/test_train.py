@@ -242,6 +242,9 @@ def test_train_command_end_to_end(image_folder: Path, tmp_path: Path, monkeypatc
     assert longer.exit_code == 0, longer.output
     assert "resumed run at step 3" in longer.output
     assert json.loads((tmp_path / "run" / "log.jsonl").read_text().splitlines()[-1])["step"] == 5
+    resumed = read_info(tmp_path / "run" / "last.safetensors").training
+    assert resumed["command"] == info.training["command"]  # the command that started the run
+    assert resumed["resumed_with"] == ["upscale train --resume run --iters 5"] and resumed["iterations"] == 5
     nothing = CliRunner().invoke(cli, ["train", "--resume", "nowhere"])
     assert nothing.exit_code == 2 and "no state.pt" in nothing.output
     unknown = CliRunner().invoke(cli, ["train", "--data", str(image_folder), "--set", "nope=1"])

@@ -26,6 +26,7 @@ class DefaultCommandGroup(click.Group):
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         if args and args[0] not in self.commands and args[0] not in ("--help", "-h", "--version"):
             args = [DEFAULT_COMMAND, *args]
+        ctx.meta["argv"] = list(args)  # the command line as given, for provenance records
         return super().parse_args(ctx, args)
 
 

@@ -223,11 +223,10 @@ def _quality(opts: dict[str, Any]) -> int:
 def record_rows(rows: list[dict[str, Any]]) -> None:
     """Write each checkpoint's fp32 figures on undegraded data into its metadata, keyed by dataset name."""
     import shlex
-    import sys
 
     from upscale_cli.checkpoint import record_metrics
 
-    command = "upscale " + shlex.join(sys.argv[1:])
+    command = "upscale " + shlex.join(click.get_current_context().meta.get("argv", ["bench", "quality"]))
     for row in rows:
         undegraded = row["lr"].startswith("LR_x") or row["lr"] == "bicubic"
         if row["model_path"] is None or row["precision"] != "fp32" or not undegraded:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shlex
-import sys
 from pathlib import Path
 
 import click
@@ -49,8 +48,7 @@ def train(model: str | None, out: str | None, run_dir: str | None, resume: str |
 
     Run on several processes with: torchrun --nproc_per_node N -m upscale_cli train ...
     """
-    command = "upscale " + shlex.join(["train", *sys.argv[sys.argv.index("train") + 1:]]) \
-        if "train" in sys.argv else "upscale train"
+    command = "upscale " + shlex.join(click.get_current_context().meta.get("argv", ["train"]))
     run_guarded(lambda: _train(model, out, run_dir, resume, config_file, settings, options, command), verbose)
 
 

@@ -161,6 +161,7 @@ class Trainer:
         self.step = 0
         self.best: dict[str, Any] = {}
         self.latest_validation: dict[str, Any] = {}
+        self.resumed_with: list[str] = []
         self.elapsed = 0.0
         self._stop_signal: int | None = None
         self._board: Any = None  # TensorBoard writer, False when tensorboard is not installed
@@ -182,6 +183,8 @@ class Trainer:
             "best": json.dumps(self.best),
             "latest_validation": json.dumps(self.latest_validation),
             "elapsed": self.elapsed,
+            "command": self.command,
+            "resumed_with": json.dumps(self.resumed_with),
         }
 
     def resume(self) -> None:
@@ -198,8 +201,11 @@ class Trainer:
         self.sampler.load_state_dict(state["samplers"][self.dist.rank])
         torch.set_rng_state(state["torch_rng"])
         self.best = json.loads(state["best"])
-        self.latest_validation = json.loads(state["latest_validation"])
+        self.latest_validation = json.loads(state.get("latest_validation", "{}"))  # absent in older states
         self.elapsed = state["elapsed"]
+        # Exports keep the command that started the run; resume commands are listed beside it.
+        self.resumed_with = json.loads(state.get("resumed_with", "[]")) + [self.command]
+        self.command = state.get("command", self.command)
 
     def save(self) -> None:
         state = self.state_dict()  # collective: every rank takes part
@@ -218,6 +224,7 @@ class Trainer:
             name=f"{self.config.model}_x{self.config.scale}",
             training={
                 "command": self.command,
+                "resumed_with": self.resumed_with,
                 "recipe": self.config.model,
                 "data": self.config.data,
                 "seed": self.config.seed,
