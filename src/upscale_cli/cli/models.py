@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import click
@@ -64,7 +65,7 @@ def _headline(metrics: dict[str, Any]) -> str:
     parts = []
     for dataset, figures in sorted(metrics.items()):
         if isinstance(figures, dict) and "psnr_y" in figures:
-            parts.append(f"{dataset} {figures['psnr_y']:.2f}/{figures.get('ssim_y', float('nan')):.4f}")
+            parts.append(f"{dataset} {figures['psnr_y']:.2f}/{figures.get('ssim_y', float('nan')):.3f}")
     return ", ".join(parts) or "-"
 
 
@@ -78,10 +79,12 @@ def _list(as_json: bool) -> int:
 
     table = Table(title="upscale models (PSNR-Y dB / SSIM-Y, x4, official LR files)")
     for column in ("name", "scale", "arch", "params", "file", "size", "quality", "status"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     for row in rows:
-        table.add_row(row["name"], f"x{row['scale']}" if row["scale"] else "any", str(row["arch"] or "-"),
-                      f"{row['params'] / 1e6:.2f} M" if row.get("params") else "-", row["file"] or "-",
+        scale = f"x{row['scale']}" if row["scale"] else ("any" if row["name"] == "bicubic" else "-")
+        table.add_row(row["name"], scale, str(row["arch"] or "-"),
+                      f"{row['params'] / 1e6:.2f} M" if row.get("params") else "-",
+                      Path(row["file"]).name if row["file"] else "-",
                       f"{row['size_bytes'] / 1e6:.1f} MB" if row.get("size_bytes") else "-",
                       _headline(row.get("metrics", {})), row["status"])
     Console().print(table)
