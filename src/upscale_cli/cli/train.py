@@ -8,15 +8,11 @@ from pathlib import Path
 import click
 
 from upscale_cli.cli.common import echo_err, run_guarded
-from upscale_cli.errors import ExitCode, UpscaleError
+from upscale_cli.errors import ExitCode
 
 DEFAULT_VAL = Path("../shared/data/val/Set5")
 _OPTION_FIELDS = ("data", "val", "scale", "iters", "batch", "patch", "lr", "init", "seed", "precision",
                   "loss", "vgg_weights")
-
-
-class TrainingError(UpscaleError):
-    exit_code = ExitCode.SOME_FAILED
 
 
 @click.command()
@@ -59,6 +55,7 @@ def _train(model: str | None, out: str | None, run_dir: str | None, resume: str 
 
     from upscale_cli.train.config import TrainConfig, apply_settings, parse_set_options, read_toml
     from upscale_cli.train.loop import Trainer, TrainingInterrupted
+    from upscale_cli.train.validate import make_validator
 
     given = {k: v for k, v in options.items() if v is not None and k in _OPTION_FIELDS}
     if model:
@@ -85,25 +82,18 @@ def _train(model: str | None, out: str | None, run_dir: str | None, resume: str 
     if resume is None and (run_path / "state.pt").exists():
         raise click.UsageError(f"{run_path} holds a run already: use --resume, or another --run-dir")
 
-    trainer = Trainer(config, run_path, command, validate=_validator(config))
+    trainer = Trainer(config, run_path, command, validate=make_validator(config))
     try:
         exported = trainer.run(resume=resume is not None)
     except TrainingInterrupted as exc:
         echo_err(str(exc))
         return int(ExitCode.INTERRUPTED)
     if out and trainer.dist.main:
-        _copy_final(exported, Path(out), trainer)
+        _copy_final(exported, Path(out))
     return 0
 
 
-def _validator(config: object):
-    """Validation on the run's val folder: PSNR/SSIM-Y of the EMA generator in fp32."""
-    from upscale_cli.train.validate import make_validator
-
-    return make_validator(config)
-
-
-def _copy_final(source: Path, out: Path, trainer: object) -> None:
+def _copy_final(source: Path, out: Path) -> None:
     """Write the final weights to `out`, with the best validation figures in the metadata."""
     from upscale_cli.checkpoint import load_model, save_checkpoint
 
