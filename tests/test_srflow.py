@@ -232,6 +232,24 @@ def test_resume_across_the_unfreezing_is_bit_exact(image_folder: Path, tiny_chec
     assert all(torch.equal(ema_a[k], ema_b[k]) for k in ema_a)
 
 
+def test_bf16_runs_put_the_parameter_networks_in_bf16_unless_told_not_to(
+        image_folder: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    from upscale_cli.flows import ParamNet
+
+    def param_net_dtypes(**overrides: object) -> set[object]:
+        run_dir = tmp_path / f"run{len(overrides)}"
+        config = train_config(image_folder, tiny_checkpoint, iters=1, batch=2, log_every=1, precision="bf16",
+                              **overrides)
+        trainer = Trainer(config, run_dir, "test")
+        trainer.run()
+        log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+        assert [r["skipped"] for r in log if "loss" in r] == [0]
+        return {m.compute_dtype for m in trainer.recipe.generator.modules() if isinstance(m, ParamNet)}
+
+    assert param_net_dtypes() == {torch.bfloat16}
+    assert param_net_dtypes(param_nets_fp32=True) == {None}
+
+
 def test_encoder_frozen_then_trained_and_non_finite_steps_skipped(image_folder: Path, tiny_checkpoint: Path) -> None:
     import contextlib
 

@@ -94,8 +94,10 @@ def test_loss_falls_and_export_records_provenance(image_folder: Path, tmp_path: 
 
 
 def test_settings_are_typed_and_unknown_keys_rejected() -> None:
-    config = apply_settings(TrainConfig(), parse_set_options(("lr=0.5", "iters=7", "arch.blocks=2")), strings=True)
-    assert config.lr == 0.5 and config.iters == 7 and config.arch == {"blocks": 2}
+    settings = parse_set_options(("lr=0.5", "iters=7", "arch.blocks=2", "arch.norm=none", 'arch.tag="2"'))
+    config = apply_settings(TrainConfig(), settings, strings=True)
+    assert config.lr == 0.5 and config.iters == 7
+    assert config.arch == {"blocks": 2, "norm": "none", "tag": "2"}
     with pytest.raises(ValueError, match="unknown training setting"):
         apply_settings(TrainConfig(), {"learning_rate": 1})
     with pytest.raises(ValueError, match="expected int"):

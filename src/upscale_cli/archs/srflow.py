@@ -401,7 +401,8 @@ class SRFlowRunner:
     so any device gives the same image) and scales it by `tau`. `run_tile` crops each window's part
     of every latent grid (LR/2 for z_top, 2xLR for the x4 split; in general LR * scale / 2^level), runs
     the encoder on the LR window (under bf16 autocast when precision is bf16) and the flow in reverse
-    in fp32. Windows must start at even LR coordinates and have even sizes: call the tiler with
+    in fp32 (bf16 parameter networks break exact invertibility: `benchmarks/flow_precision.py`).
+    Windows must start at even LR coordinates and have even sizes: call the tiler with
     `align=self.align` (it pads the image to even size and crops the result). In fp32 the output is
     nan_to_num'ed and clamped; in bf16 NaNs are left in so that the tiler redoes the tile in fp32.
     """

@@ -18,6 +18,7 @@ from upscale_cli.flows.layers import (
     Squeeze,
     ZeroConv2d,
     gaussian_log_prob,
+    set_param_net_dtype,
     standard_normal_log_prob,
     transition_step,
 )
@@ -35,6 +36,7 @@ __all__ = [
     "Squeeze",
     "ZeroConv2d",
     "gaussian_log_prob",
+    "set_param_net_dtype",
     "standard_normal_log_prob",
     "transition_step",
 ]

@@ -11,7 +11,9 @@ Protocol (every layer derives from `InvertibleLayer`):
   use it ignore it.
 
 The layers do not touch autocast: callers run flows in fp32 (`torch.autocast(..., enabled=False)`),
-because the reverse direction divides by scales down to 1e-4 and amplifies rounding errors.
+because the reverse direction divides by scales down to 1e-4 and amplifies rounding errors. Only the
+parameter networks may run in bf16 (`set_param_net_dtype`): they hold most of the compute, and their
+outputs are deterministic functions of values both directions share.
 
 `Split` is the one layer whose latent is not a single tensor: its encode output is the pair
 `(z1, eps)` (the kept channels and the factored-out channels already standardised by the learned
@@ -207,7 +209,14 @@ class ParamNet(nn.Module):
     Hidden convs are initialised N(0, 0.05). The ActNorms are used in their forward direction only
     (as data-initialised normalisations). Output channels interleave: even = shift (or mean),
     odd = scale logits (or log std).
+
+    `compute_dtype` (a run-time choice, not saved; see `set_param_net_dtype`) runs the network under
+    autocast in that dtype and returns the input's dtype. The network need not be invertible, and the
+    affine arithmetic and log-dets that use its output stay in the flow's dtype: the same input gives
+    the same parameters in both directions, so the flow still inverts up to rounding.
     """
+
+    compute_dtype: torch.dtype | None = None
 
     def __init__(self, in_channels: int, out_channels: int, hidden: int) -> None:
         super().__init__()
@@ -220,9 +229,22 @@ class ParamNet(nn.Module):
             nn.init.normal_(conv.weight, 0.0, HIDDEN_INIT_STD)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.compute_dtype is None:
+            return self._layers(x)
+        with torch.autocast(x.device.type, dtype=self.compute_dtype):
+            return self._layers(x).to(x.dtype)
+
+    def _layers(self, x: torch.Tensor) -> torch.Tensor:
         h = F.relu(self.norm1(self.conv1(x))[0])
         h = F.relu(self.norm2(self.conv2(h))[0])
         return self.out(h)
+
+
+def set_param_net_dtype(module: nn.Module, dtype: torch.dtype | None) -> None:
+    """Run every ParamNet inside `module` in `dtype` (None: the flow's own dtype, usually fp32)."""
+    for child in module.modules():
+        if isinstance(child, ParamNet):
+            child.compute_dtype = dtype
 
 
 class AffineInjector(InvertibleLayer):
