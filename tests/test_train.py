@@ -247,6 +247,12 @@ def test_train_command_end_to_end(image_folder: Path, tmp_path: Path, monkeypatc
     resumed = read_info(tmp_path / "run" / "last.safetensors").training
     assert resumed["command"] == info.training["command"]  # the command that started the run
     assert resumed["resumed_with"] == ["upscale train --resume run --iters 5"] and resumed["iterations"] == 5
+    assert read_info(tmp_path / "out.safetensors").training["iterations"] == 5  # --out is remembered
+    moved = CliRunner().invoke(cli, ["train", "--resume", "run", "--iters", "6", "--out", "moved.safetensors"])
+    assert moved.exit_code == 0, moved.output
+    assert read_info(tmp_path / "moved.safetensors").training["iterations"] == 6
+    again = CliRunner().invoke(cli, ["train", "--resume", "run"])  # remembers iters 6 and the new --out
+    assert again.exit_code == 0 and json.loads((tmp_path / "run" / "config.json").read_text())["iters"] == 6
     nothing = CliRunner().invoke(cli, ["train", "--resume", "nowhere"])
     assert nothing.exit_code == 2 and "no state.pt" in nothing.output
     unknown = CliRunner().invoke(cli, ["train", "--data", str(image_folder), "--set", "nope=1"])

@@ -23,8 +23,6 @@ from upscale_cli.models import BICUBIC, find_weights, looks_like_path
 from upscale_cli.resize import imresize
 from upscale_cli.tiler import TileRunner, Window, auto_tile_size, available_memory, upscale_tiled
 
-DEFAULT_OVERLAP = 16
-
 
 class NetworkRunner:
     """Runs a feed-forward SR network on tiles (the TileRunner of every deterministic model)."""
@@ -60,7 +58,7 @@ class Upscaler:
     runner: TileRunner | None  # None for the bicubic baseline
     info: CheckpointInfo | None = None
     path: Path | None = None
-    overlap: int = DEFAULT_OVERLAP
+    overlap: int = 0  # LR px between tiles; models take their architecture's tile_overlap
     bytes_per_lr_pixel: int = 0
     sampler: Callable[[float, int], TileRunner] | None = None  # stochastic models: (tau, seed) -> runner
     default_tau: float | None = None

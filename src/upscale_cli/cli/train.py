@@ -12,7 +12,7 @@ from upscale_cli.errors import ExitCode
 
 DEFAULT_VAL = Path("../shared/data/val/Set5")
 _OPTION_FIELDS = ("data", "val", "scale", "iters", "batch", "patch", "lr", "init", "seed", "precision",
-                  "loss", "vgg_weights")
+                  "loss", "vgg_weights", "out")
 
 
 @click.command()
@@ -26,7 +26,8 @@ _OPTION_FIELDS = ("data", "val", "scale", "iters", "batch", "patch", "lr", "init
 @click.option("--patch", type=int, help="HR patch size in pixels.")
 @click.option("--lr", type=float, help="Peak learning rate.")
 @click.option("--loss", type=click.Choice(["l1", "mse"]), help="Pixel loss.")
-@click.option("--out", type=click.Path(dir_okay=False), help="Where to write the exported weights.")
+@click.option("--out", type=click.Path(dir_okay=False),
+              help="Where to write the final weights (remembered by --resume).")
 @click.option("--run-dir", type=click.Path(file_okay=False), help="Run directory (default runs/MODEL_xSCALE).")
 @click.option("--resume", is_flag=False, flag_value="", default=None, metavar="[DIR]",
               help="Continue the run in DIR (or --run-dir) from its saved state.")
@@ -38,17 +39,17 @@ _OPTION_FIELDS = ("data", "val", "scale", "iters", "batch", "patch", "lr", "init
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), help="TOML settings file.")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="Override any setting (repeatable).")
 @click.option("-v", "--verbose", is_flag=True, help="Show tracebacks.")
-def train(model: str | None, out: str | None, run_dir: str | None, resume: str | None,
+def train(model: str | None, run_dir: str | None, resume: str | None,
           config_file: str | None, settings: tuple[str, ...], verbose: bool, **options: object) -> None:
     """Train MODEL on a folder of photos; Ctrl-C saves the state, --resume continues bit for bit.
 
     Run on several processes with: torchrun --nproc_per_node N -m upscale_cli train ...
     """
     command = "upscale " + shlex.join(click.get_current_context().meta.get("argv", ["train"]))
-    run_guarded(lambda: _train(model, out, run_dir, resume, config_file, settings, options, command), verbose)
+    run_guarded(lambda: _train(model, run_dir, resume, config_file, settings, options, command), verbose)
 
 
-def _train(model: str | None, out: str | None, run_dir: str | None, resume: str | None,
+def _train(model: str | None, run_dir: str | None, resume: str | None,
            config_file: str | None, settings: tuple[str, ...], options: dict[str, object],
            command: str) -> int:
     import json
@@ -88,8 +89,8 @@ def _train(model: str | None, out: str | None, run_dir: str | None, resume: str 
     except TrainingInterrupted as exc:
         echo_err(str(exc))
         return int(ExitCode.INTERRUPTED)
-    if out and trainer.dist.main:
-        _copy_final(exported, Path(out))
+    if config.out and trainer.dist.main:
+        _copy_final(exported, Path(config.out))
     return 0
 
 

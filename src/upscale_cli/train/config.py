@@ -33,6 +33,7 @@ class TrainConfig:
     seed: int = 0
     precision: str = "auto"
     init: str = ""  # generator weights to start from (safetensors)
+    out: str = ""  # where `upscale train` copies the final weights (the run directory keeps its own)
     arch: dict[str, Any] = field(default_factory=dict)  # architecture config overrides
     # GAN recipes
     adv_weight: float = 1e-3

@@ -29,6 +29,8 @@ from upscale_cli.train.config import TrainConfig
 from upscale_cli.train.data import PatchSampler
 from upscale_cli.train.recipes import Recipe, make_recipe
 
+RESUMABLE_CHANGES = ("iters", "out")  # settings --resume may change; any other change is refused
+
 
 class TrainingInterrupted(Exception):
     """Raised after the state was saved because of SIGINT/SIGTERM; the run can be resumed."""
@@ -192,7 +194,7 @@ class Trainer:
         state = torch.load(self.state_path, map_location="cpu", weights_only=True)
         saved = json.loads(state["config"])
         current = json.loads(self.config.to_json())
-        changed = sorted(k for k in saved if k != "iters" and saved[k] != current.get(k))
+        changed = sorted(k for k in saved if k not in RESUMABLE_CHANGES and saved[k] != current.get(k))
         if changed:
             raise ValueError(f"{self.run_dir}: the run was started with different settings: {', '.join(changed)}")
         self.step = state["step"]
@@ -280,7 +282,7 @@ class Trainer:
         if resume:
             self.resume()
             self.echo(f"resumed {self.run_dir} at step {self.step}")
-        elif self.dist.main:
+        if self.dist.main:  # on resume too: a new --iters or --out is what the next resume reads
             (self.run_dir / "config.json").write_text(self.config.to_json() + "\n")
         old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
