@@ -93,6 +93,44 @@ def test_loss_falls_and_export_records_provenance(image_folder: Path, tmp_path: 
     assert model(torch.rand(1, 3, 8, 8)).shape == (1, 3, 32, 32)
 
 
+def test_batchnorm_recalibration_measures_the_given_batches() -> None:
+    import contextlib
+
+    from torch import nn
+
+    from upscale_cli.train.loop import recalibrate_batchnorm
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4))
+    model[1].running_mean.fill_(9.0)  # stale statistics from other weights
+    batches = [torch.rand(2, 3, 8, 8) + i for i in range(3)]
+    assert recalibrate_batchnorm(model.eval(), batches, contextlib.nullcontext)
+    features = torch.cat([model[0](b) for b in batches])  # equal batches: the average of means is the mean
+    assert torch.allclose(model[1].running_mean, features.mean((0, 2, 3)), atol=1e-5)
+    per_batch_var = torch.stack([model[0](b).var((0, 2, 3), correction=1) for b in batches])
+    assert torch.allclose(model[1].running_var, per_batch_var.mean(0), atol=1e-4)
+    assert not model.training and model[1].momentum == 0.1
+    without = nn.Sequential(nn.Conv2d(3, 3, 1))
+    assert not recalibrate_batchnorm(without, batches, contextlib.nullcontext)
+
+
+def test_exported_ema_carries_its_own_batchnorm_statistics(image_folder: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    def exported_statistics(**overrides: object) -> dict[str, torch.Tensor]:
+        run_dir = tmp_path / f"run{len(overrides)}"
+        trainer = Trainer(tiny_config(image_folder, iters=4, **overrides), run_dir, "test")
+        trainer.run()
+        live = trainer.recipe.generator.state_dict()
+        saved = load_file(run_dir / "last.safetensors")
+        return {k: (saved[k], live[k]) for k in saved if k.endswith("running_mean")}
+
+    recalibrated = exported_statistics()
+    assert recalibrated and all(not torch.allclose(ema, live) for ema, live in recalibrated.values())
+    copied = exported_statistics(bn_batches=0)
+    assert all(torch.equal(ema, live) for ema, live in copied.values())
+
+
 def test_settings_are_typed_and_unknown_keys_rejected() -> None:
     settings = parse_set_options(("lr=0.5", "iters=7", "arch.blocks=2", "arch.norm=none", 'arch.tag="2"'))
     config = apply_settings(TrainConfig(), settings, strings=True)

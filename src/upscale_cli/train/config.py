@@ -26,6 +26,7 @@ class TrainConfig:
     warmup: int = 0
     loss: str = "l1"  # pixel loss: l1 or mse
     ema: float = 0.999
+    bn_batches: int = 100  # batches that re-estimate the EMA generator's BatchNorm statistics (0 = copy them)
     grad_clip: float = 0.0  # 0 = off
     val_every: int = 1000
     log_every: int = 50

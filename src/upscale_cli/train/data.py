@@ -7,6 +7,7 @@ far less than a training step, so the sampler runs inline and never starves it.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +48,12 @@ class PatchSampler:
             raise ValueError(f"images smaller than the {patch}px patch: {', '.join(small)}")
         self.patch, self.scale, self.batch = patch, scale, batch
         self.generator = torch.Generator().manual_seed(seed)
+
+    def fork(self, seed: int) -> PatchSampler:
+        """A sampler over the same in-memory images with its own generator (no second copy of the data)."""
+        other = copy.copy(self)
+        other.generator = torch.Generator().manual_seed(seed)
+        return other
 
     def _randint(self, high: int) -> int:
         return int(torch.randint(high, (1,), generator=self.generator))

@@ -27,6 +27,7 @@ class Recipe(ABC):
     arch_config: Any
     generator: nn.Module  # the unwrapped generator (EMA and export read it)
     selection_metric: str | None = "psnr_y"  # validation figure that picks the best checkpoint (None: keep last)
+    recalibrate_batchnorm: bool = True  # re-estimate the EMA generator's BatchNorm statistics before use
 
     @abstractmethod
     def train_step(self, lr: torch.Tensor, hr: torch.Tensor, step: int,

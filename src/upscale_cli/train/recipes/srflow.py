@@ -116,6 +116,7 @@ def _all_finite(value: torch.Tensor) -> bool:
 class SRFlowRecipe(Recipe):
     arch_id = "srflow"
     selection_metric = None
+    recalibrate_batchnorm = False  # the encoder always uses the statistics it came with (see archs/srflow.py)
 
     def __init__(self, config: TrainConfig, wrap: Callable[[nn.Module], nn.Module]) -> None:
         if not 0.0 <= config.encoder_frozen_fraction <= 1.0:
