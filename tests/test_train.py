@@ -131,6 +131,24 @@ def test_exported_ema_carries_its_own_batchnorm_statistics(image_folder: Path, t
     assert all(torch.equal(ema, live) for ema, live in copied.values())
 
 
+def test_periodic_saves_skip_the_statistics_reestimation(image_folder: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import upscale_cli.train.loop as loop
+
+    calls: list[int] = []
+    real = loop.recalibrate_batchnorm
+    monkeypatch.setattr(loop, "recalibrate_batchnorm", lambda *a, **k: calls.append(1) or real(*a, **k))
+    # save_minutes=0 makes every step a periodic save; only the last (a milestone) re-estimates.
+    trainer = Trainer(tiny_config(image_folder, iters=3, save_minutes=0.0), tmp_path / "run", "test")
+    saves: list[bool] = []
+    real_save = trainer.save
+    monkeypatch.setattr(trainer, "save", lambda refresh_statistics=True: saves.append(refresh_statistics)
+                        or real_save(refresh_statistics))
+    trainer.run()
+    assert saves == [False, False, True]
+    assert len(calls) == 1
+
+
 def test_settings_are_typed_and_unknown_keys_rejected() -> None:
     settings = parse_set_options(("lr=0.5", "iters=7", "arch.blocks=2", "arch.norm=none", 'arch.tag="2"'))
     config = apply_settings(TrainConfig(), settings, strings=True)
