@@ -329,6 +329,16 @@ def test_models_lists_weights_with_their_metadata(tiny_checkpoint: Path, tmp_pat
     assert "srgan" in table.stdout and "bicubic" in table.stdout
 
 
+def test_models_headline_orders_benchmarks_and_drops_repeated_validation() -> None:
+    from upscale_cli.cli.models import _headline
+
+    figures = {"Set14": {"psnr_y": 27.5, "ssim_y": 0.75}, "validation": {"psnr_y": 30.0, "ssim_y": 0.87},
+               "Set5": {"psnr_y": 30.0, "ssim_y": 0.87}, "note": "not figures"}
+    assert _headline(figures) == "Set5 30.00/0.870, Set14 27.50/0.750"
+    assert _headline({"validation": {"psnr_y": 29.0, "ssim_y": 0.8}}) == "validation 29.00/0.800"
+    assert _headline({}) == "-"
+
+
 def test_named_model_found_in_weights_folder(photo: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
     folder = tmp_path / "weights"
     folder.mkdir()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -61,12 +62,20 @@ def _numel(shape: list[int]) -> int:
 
 
 def _headline(metrics: dict[str, Any]) -> str:
-    """'Set5 31.20/0.880' style summary of the PSNR-Y / SSIM-Y figures stored in the metadata."""
-    parts = []
-    for dataset, figures in sorted(metrics.items()):
-        if isinstance(figures, dict) and "psnr_y" in figures:
-            parts.append(f"{dataset} {figures['psnr_y']:.2f}/{figures.get('ssim_y', float('nan')):.3f}")
-    return ", ".join(parts) or "-"
+    """'Set5 31.20/0.880, Set14 ...' summary of the PSNR-Y / SSIM-Y figures stored in the metadata.
+
+    Benchmarks in natural order (Set5 before Set14); the training-time `validation` figures only when
+    no benchmark was recorded (they repeat one of them)."""
+    scored = {name: figures for name, figures in metrics.items() if isinstance(figures, dict) and "psnr_y" in figures}
+    if len(scored) > 1:
+        scored.pop("validation", None)
+    return ", ".join(f"{name} {figures['psnr_y']:.2f}/{figures.get('ssim_y', float('nan')):.3f}"
+                     for name, figures in sorted(scored.items(), key=lambda item: _natural_key(item[0]))) or "-"
+
+
+def _natural_key(name: str) -> list[Any]:
+    """Sort key that orders digit runs by value: Set5 < Set14 < Urban100."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", name) if part]
 
 
 def _list(as_json: bool) -> int:
