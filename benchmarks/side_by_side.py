@@ -1,7 +1,7 @@
 """Side-by-side crops for the README: bicubic | model... | HR, from an official LR file and its HR.
 
     python benchmarks/side_by_side.py --lr ../shared/data/val/Set14/LR_x4/img_001.png \
-        --hr ../shared/data/val/Set14/HR/img_001.png -m srresnet -m srgan --crop 120,160,128 \
+        --hr ../shared/data/val/Set14/HR/img_001.png -m srresnet -m srgan --crop 290,0,128 \
         --out docs/baboon_crops.png
 
 Crops are taken at the same place (HR coordinates x, y, size) from every output and shown 2x with
