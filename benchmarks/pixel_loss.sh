@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # L1 against MSE as SRResNet's pixel loss (issue #4): two runs from scratch that differ only in --loss,
 # same seed, data, crops and schedule, then both measured on Set5 + Set14 with the official LR files.
-# About 20 minutes per run at the default 2,000 steps on 2 Sapphire Rapids cores; run it alone.
+# About 25 minutes per run at the default 2,000 steps on 2 Sapphire Rapids cores; run it alone.
 #
 #   benchmarks/pixel_loss.sh                 # ITERS=2000, runs under /tmp/pixel_loss
 #   ITERS=500 RUNS=/tmp/pl benchmarks/pixel_loss.sh

@@ -64,6 +64,15 @@ def test_quality_reports_bicubic_and_the_model(image_folder: Path, tiny_checkpoi
         assert entry["megapixels_per_second"] > 0
 
 
+def test_checkpoint_files_of_one_architecture_are_told_apart_by_file_name(
+        image_folder: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    other = tmp_path / "other_run.safetensors"
+    other.write_bytes(tiny_checkpoint.read_bytes())  # same metadata name ("tiny_x4"), different file
+    data = quality_json(tmp_path, "--data", str(image_folder), "-m", str(tiny_checkpoint), "-m", str(other))
+    assert [r["model"] for r in data["results"]] == ["bicubic", "tiny_x4", "other_run"]
+    assert row(data, "other_run")["model_path"] == str(other)
+
+
 def test_bicubic_psnr_matches_a_direct_computation(image_folder: Path, tmp_path: Path) -> None:
     data = quality_json(tmp_path, "--data", str(image_folder), "--model", "bicubic")
     expected = []

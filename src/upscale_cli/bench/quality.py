@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from upscale_cli.bench.report import BenchError, typed_errors
 from upscale_cli.errors import InferenceError
 from upscale_cli.metrics import psnr, sr_figures
-from upscale_cli.models import BICUBIC
+from upscale_cli.models import BICUBIC, looks_like_path
 from upscale_cli.resize import imresize, quantize
 from upscale_cli.train.data import list_images, load_rgb
 
@@ -196,13 +196,18 @@ def load_dataset(folder: Path, scale: int, degradation: Degradation | None = Non
 
 def open_upscaler(model: str, scale: int, device: str = "auto", precision: str = "fp32",
                   threads: int | None = None) -> Any:
-    """`load_upscaler`, with an impossible device or precision as a BenchError."""
+    """`load_upscaler`, with an impossible device or precision as a BenchError.
+
+    A checkpoint given as a file is labelled by its file name, not the architecture name in its metadata, so that
+    two runs of one architecture (`-m runs/l1.safetensors -m runs/mse.safetensors`) stay apart in the tables.
+    """
     from upscale_cli.engine import load_upscaler
 
     try:
-        return load_upscaler(model, scale, device, precision, threads=threads)
+        upscaler = load_upscaler(model, scale, device, precision, threads=threads)
     except ValueError as exc:
         raise BenchError(f"{model} in {precision}: {exc}") from None
+    return replace(upscaler, name=Path(model).stem) if looks_like_path(model) else upscaler
 
 
 def precisions_for(model: str, precisions: tuple[str, ...]) -> tuple[str, ...]:
