@@ -477,25 +477,39 @@ def test_sample_command_writes_seeds_taus_grid_and_std_map(tmp_path: Path) -> No
 
 
 def test_bench_quality_scores_srflow_samples(tmp_path: Path) -> None:
-    """bench quality on a real (tiny) SRFlow: diversity is 0 at tau 0, positive at tau 0.8; LR-PSNR reported."""
+    """bench quality on a real (tiny) SRFlow: diversity is 0 at tau 0, positive at tau 0.8; LR-PSNR reported;
+    the NLL is that of the HR cropped to a multiple of 8 px (52x44 -> 48x40) with the seed's noise, at every tau."""
     from click.testing import CliRunner
     from PIL import Image
 
     from conftest import smooth_image
     from upscale_cli.cli import cli
+    from upscale_cli.resize import imresize, quantize
 
     model = tiny_model()
     path = tmp_path / "flow_x4.safetensors"
     save_checkpoint(path, model, CheckpointInfo("srflow", 4, config_dict(model.config), name="flow_x4"))
     (tmp_path / "set" / "HR").mkdir(parents=True)
-    Image.fromarray(smooth_image(48, 40, 1)).save(tmp_path / "set" / "HR" / "a.png")
+    pixels = smooth_image(52, 44, 1)
+    Image.fromarray(pixels).save(tmp_path / "set" / "HR" / "a.png")
     result = CliRunner().invoke(cli, ["bench", "quality", "--data", str(tmp_path / "set"), "-m", str(path),
-                                      "--tau", "0,0.8", "--samples", "2", "--json", str(tmp_path / "q.json")])
+                                      "--tau", "0,0.8", "--samples", "2", "--seed", "5",
+                                      "--json", str(tmp_path / "q.json")])
     assert result.exit_code == 0, result.output
+    assert "NLL bits/dim" in result.output
     rows = {(r["model"], r["tau"]): r for r in json.loads((tmp_path / "q.json").read_text())["results"]}
     assert rows[("flow_x4", 0.0)]["mean"]["diversity"] == 0
     assert rows[("flow_x4", 0.8)]["mean"]["diversity"] > 0
     assert all(r["mean"]["lr_psnr"] > 0 for r in rows.values())
+    assert "nll_bpd" not in rows[("bicubic", None)]["mean"]
+    hr = torch.from_numpy(pixels).permute(2, 0, 1).float().div(255)
+    lr = quantize(imresize(hr, scale=0.25))
+    noise = torch.randn((1, 3, 48, 40), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        expected = model.nll_bits_per_dim(hr[None, :, :48, :40] + HR_NOISE_STD * noise, lr[None, :, :12, :10]).item()
+    for tau in (0.0, 0.8):
+        assert rows[("flow_x4", tau)]["mean"]["nll_bpd"] == pytest.approx(expected, abs=1e-4)
+        assert rows[("flow_x4", tau)]["images"]["a"]["nll_bpd"] == pytest.approx(expected, abs=1e-4)
 
 
 def test_two_process_ddp_srflow_ranks_agree_across_the_encoder_unfreeze(

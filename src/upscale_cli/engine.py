@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -62,6 +63,7 @@ class Upscaler:
     bytes_per_lr_pixel: int = 0
     sampler: Callable[[float, int], TileRunner] | None = None  # stochastic models: (tau, seed) -> runner
     default_tau: float | None = None
+    nll: Callable[..., float] | None = None  # density models: (hr, lr, seed=) -> NLL in bits/dim
 
     @property
     def stochastic(self) -> bool:
@@ -116,7 +118,9 @@ def load_upscaler(model: str, scale: float | None = None, device: str = "auto", 
     arch = get_architecture(info.arch)
     config = arch.make_config(info.config)
     chosen = resolve_precision(precision, torch_device, arch.supports_half)
-    sampler = None
+    sampler = nll = None
+    if arch.likelihood is not None:
+        nll = partial(arch.likelihood, module, device=torch_device)
     if arch.sampler is not None:
         def sampler(tau: float, seed: int) -> TileRunner:
             return arch.sampler(module, torch_device, chosen, tau, seed)
@@ -132,4 +136,5 @@ def load_upscaler(model: str, scale: float | None = None, device: str = "auto", 
         bytes_per_lr_pixel=arch.bytes_per_lr_pixel(config),
         sampler=sampler,
         default_tau=arch.default_tau,
+        nll=nll,
     )

@@ -28,6 +28,8 @@ class Architecture:
     # Stochastic models: builds the TileRunner that draws one sample, (model, device, precision, tau, seed).
     sampler: Callable[..., Any] | None = None
     default_tau: float | None = None
+    # Density models: -log2 p(HR | LR) per dimension of one image, (model, hr, lr, device, seed) -> float.
+    likelihood: Callable[..., float] | None = None
     tile_overlap: int = 16  # default overlap in LR px: feathering hides seams well before the full radius
 
     def make_config(self, values: dict[str, Any]) -> Any:

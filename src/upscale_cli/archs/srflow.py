@@ -444,6 +444,22 @@ class SRFlowRunner:
         return hr.cpu().contiguous()
 
 
+@torch.inference_mode()
+def image_nll_bits_per_dim(model: SRFlow, hr: torch.Tensor, lr: torch.Tensor,
+                           device: torch.device | str = "cpu", seed: int = 0) -> float:
+    """NLL in bits/dim of one HR image (3, H, W) given its LR, as training measures it (with the
+    dequantisation noise, drawn from `seed`). The flow needs sides that are multiples of 2^levels, so
+    HR is cropped at the bottom and right to the largest such size, and LR to match."""
+    step, scale = 2**model.config.levels, model.config.scale
+    height, width = hr.shape[-2] // step * step, hr.shape[-1] // step * step
+    if height == 0 or width == 0:
+        raise ValueError(f"HR {tuple(hr.shape[-2:])} is smaller than the {step} px the flow's NLL needs")
+    hr = hr[None, :, :height, :width].to(device)
+    lr = lr[None, :, : height // scale, : width // scale].to(device)
+    generator = torch.Generator().manual_seed(seed)
+    return model.eval().nll_bits_per_dim(hr, lr, noise=True, generator=generator).item()
+
+
 # ----- sizing ----------------------------------------------------------------------------------------
 
 
@@ -494,5 +510,6 @@ ARCHITECTURE = Architecture(
     stochastic=True,
     sampler=SRFlowRunner,
     default_tau=DEFAULT_TAU,
+    likelihood=image_nll_bits_per_dim,
     tile_overlap=32,  # "generous": one noise field is shared, so the rest of the radius barely matters
 )

@@ -1,8 +1,9 @@
 """Quality figures of an upscaler on a benchmark folder (HR/ + LR_x{s}/, or HR only).
 
 Besides the paper figures of `sr_figures` (PSNR-Y, SSIM-Y, RGB PSNR, sharpness), every model gets
-LR-consistency (does the output shrink back to its input?) and stochastic models also diversity
-(how much their samples differ). `--degrade` makes LR from HR with blur and noise, as DASR's tables do.
+LR-consistency (does the output shrink back to its input?), stochastic models also diversity
+(how much their samples differ) and density models (SRFlow) the NLL of the true HR in bits/dim.
+`--degrade` makes LR from HR with blur and noise, as DASR's tables do.
 """
 
 from __future__ import annotations
@@ -278,4 +279,16 @@ def evaluate_upscaler(upscaler: Any, pairs: list[ImagePair], scale: int, tile: s
                 return [run(lr, seed=seed + i, tau=tau) for i in range(samples)]
 
             results.append({"tau": tau, "samples": samples, **score_draws(draw, pairs, scale)})
+        if upscaler.nll is not None:
+            add_likelihood(results, upscaler.nll, pairs, seed)
         return results
+
+
+def add_likelihood(results: list[dict[str, Any]], nll: Callable[..., float], pairs: list[ImagePair],
+                   seed: int) -> None:
+    """Put each image's NLL (bits/dim; it does not depend on tau) and their mean into every result."""
+    values = {pair.name: nll(pair.hr, pair.lr, seed=seed) for pair in pairs}
+    for result in results:
+        for name, value in values.items():
+            result["images"][name]["nll_bpd"] = value
+        result["mean"]["nll_bpd"] = math.fsum(values.values()) / len(values)

@@ -123,6 +123,8 @@ def quality_table(rows: list[dict[str, Any]], scale: int) -> Any:
                         "SSIM 11x11 Gaussian sigma 1.5")
     columns = ["data", "LR", "model", "prec.", "PSNR-Y", "SSIM-Y", "PSNR-RGB", "sharpness", "LR-PSNR"]
     columns += ["tau", "samples", "diversity"] if stochastic else []
+    density = any("nll_bpd" in row["mean"] for row in rows)
+    columns += ["NLL bits/dim"] if density else []
     for name in [*columns, "out MP/s"]:
         table.add_column(name, justify="left" if name in ("data", "LR", "model", "prec.") else "right",
                          overflow="fold")
@@ -134,6 +136,8 @@ def quality_table(rows: list[dict[str, Any]], scale: int) -> Any:
         if stochastic:
             cells += ["-" if row["tau"] is None else f"{row['tau']:g}", str(row["samples"]),
                       fmt_num(mean.get("diversity"), 2)]
+        if density:
+            cells.append(fmt_num(mean.get("nll_bpd"), 3))
         table.add_row(*cells, fmt_num(row["megapixels_per_second"], 2))
     return table
 

@@ -119,7 +119,8 @@ def quality(**opts: Any) -> None:
 
     Y channel of BT.601 YCbCr, `scale` pixels shaved from each border, SSIM with an 11x11 Gaussian
     window (sigma 1.5): the convention of SR papers. LR files in LR_x{scale}/ are used as given;
-    without them LR is made with MATLAB-compatible bicubic. Stochastic models also get diversity.
+    without them LR is made with MATLAB-compatible bicubic. Stochastic models also get diversity,
+    and SRFlow the NLL of the true HR given the LR in bits/dim.
     """
     run_guarded(lambda: _quality(opts), opts["verbose"])
 
@@ -207,7 +208,9 @@ def _quality(opts: dict[str, Any]) -> int:
                 "degrade": [d.label for d in opts["degradations"]], "seed": opts["seed"],
                 "tau": list(opts["taus"]) if opts["taus"] else None, "samples": opts["samples"],
                 "threads": opts["threads"], "border": scale, "y_channel": "BT.601 (MATLAB rgb2ycbcr)",
-                "ssim_window": "11x11 Gaussian, sigma 1.5", "lr_psnr": "RGB, whole image, MATLAB bicubic of 8-bit SR"}
+                "ssim_window": "11x11 Gaussian, sigma 1.5", "lr_psnr": "RGB, whole image, MATLAB bicubic of 8-bit SR",
+                "nll_bpd": "density models: -log2 p(HR | LR) / (3 H W), continuous density of [0, 1] RGB with the "
+                           "training's dequantisation noise (from --seed), HR cropped to a multiple of 2^levels"}
     if opts["json_path"]:
         write_json(opts["json_path"], {"benchmark": "quality", "settings": settings, "environment": env,
                                        "results": rows})
