@@ -185,6 +185,7 @@ class StandInSampler:
 
     name = "stand-in"
     stochastic = True
+    nll = None  # not a density model
 
     def upscale(self, rgb: np.ndarray, out_width: int, out_height: int, tile_spec: str, *, seed: int,
                 tau: float) -> np.ndarray:
