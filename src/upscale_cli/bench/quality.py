@@ -25,7 +25,6 @@ from upscale_cli.resize import imresize, quantize
 from upscale_cli.train.data import list_images, load_rgb
 
 BLUR_KERNEL = 21
-DEFAULT_TAU = 0.9  # the temperature of SRFlow's x4 tables
 DEFAULT_SAMPLES = 4
 
 
@@ -259,12 +258,13 @@ def score_draws(draw: Callable[[torch.Tensor], list[torch.Tensor]], pairs: list[
 
 
 def evaluate_upscaler(upscaler: Any, pairs: list[ImagePair], scale: int, tile: str = "auto",
-                      taus: tuple[float, ...] = (DEFAULT_TAU,), samples: int = DEFAULT_SAMPLES,
+                      taus: tuple[float, ...] = (), samples: int = DEFAULT_SAMPLES,
                       seed: int = 0) -> list[dict[str, Any]]:
     """Score a loaded `Upscaler` after one warm-up image: one result, or one per temperature if stochastic.
 
     A stochastic upscaler (`.stochastic`, `upscale(..., seed=, tau=)`) draws `samples` outputs per
-    image with seeds `seed`, `seed + 1`, ...; figures are averaged over the samples.
+    image with seeds `seed`, `seed + 1`, ...; figures are averaged over the samples. No `taus` means
+    the model's own default temperature.
     """
     run = tensor_upscaler(upscaler, scale, tile)
     with typed_errors(upscaler.name):
@@ -272,7 +272,7 @@ def evaluate_upscaler(upscaler: Any, pairs: list[ImagePair], scale: int, tile: s
             run(pairs[0].lr)
             return [{"tau": None, "samples": 1, **score_draws(lambda lr: [run(lr)], pairs, scale)}]
         results = []
-        for tau in taus:
+        for tau in taus or (upscaler.default_tau,):
             run(pairs[0].lr, seed=seed, tau=tau)
 
             def draw(lr: torch.Tensor, tau: float = tau) -> list[torch.Tensor]:

@@ -105,7 +105,7 @@ def common_options(function: Callable[..., Any]) -> Callable[..., Any]:
                    "noise:LEVEL (Gaussian std on 0..255, seeded), e.g. blur:1.2,noise:10. Repeatable: one "
                    "evaluation per spec. Given LR files are then NOT used.")
 @click.option("--tau", "taus", callback=comma_list(tau_item), metavar="T[,T...]",
-              help="Sampling temperatures for stochastic models (default 0.9).")
+              help="Sampling temperatures for stochastic models (default: the model's own, 0.9 for srflow).")
 @click.option("--samples", type=click.IntRange(min=1), help="Samples per image for stochastic models (default 4).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Seed of --degrade noise and of stochastic samples.")
@@ -168,7 +168,7 @@ def model_list(requested: tuple[str, ...]) -> list[str]:
 
 
 def _quality(opts: dict[str, Any]) -> int:
-    from upscale_cli.bench.quality import (DEFAULT_SAMPLES, DEFAULT_TAU, check_tile, evaluate_upscaler,
+    from upscale_cli.bench.quality import (DEFAULT_SAMPLES, check_tile, evaluate_upscaler,
                                            load_dataset, open_upscaler, precisions_for)
     from upscale_cli.bench.report import (describe_environment, environment, plot_quality_speed, print_table,
                                           quality_table, require_matplotlib, write_json)
@@ -196,7 +196,7 @@ def _quality(opts: dict[str, Any]) -> int:
     for dataset in datasets:
         for upscaler in upscalers:
             for result in evaluate_upscaler(upscaler, dataset.pairs, scale, opts["tile"],
-                                            opts["taus"] or (DEFAULT_TAU,), opts["samples"] or DEFAULT_SAMPLES,
+                                            opts["taus"] or (), opts["samples"] or DEFAULT_SAMPLES,
                                             opts["seed"]):
                 rows.append({"dataset": dataset.name, "folder": str(dataset.folder), "lr": dataset.lr_source,
                              "lr_note": dataset.lr_note, "model": upscaler.name,
