@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from upscale_cli.bench.quality import evaluate_upscaler, load_dataset, open_upscaler
+from upscale_cli.bench.quality import evaluate_upscaler, figures_key, load_dataset, open_upscaler
 from upscale_cli.checkpoint import read_info
 from upscale_cli.models import shipped_weights
 
@@ -59,7 +59,7 @@ def set5_figures(set5_results: dict[str, ByTau]) -> dict[str, dict[str, float]]:
 @pytest.mark.parametrize("name", sorted(name for name, scale in SHIPPED if scale == 4))
 def test_recorded_figures_are_reproduced(name: str, set5_results: dict[str, ByTau]) -> None:
     (tau, measured), = set5_results[name].items()
-    recorded = read_info(SHIPPED[(name, 4)]).metrics["Set5" if tau is None else f"Set5@tau{tau:g}"]
+    recorded = read_info(SHIPPED[(name, 4)]).metrics[figures_key("Set5", tau)]
     assert measured["psnr_y"] == pytest.approx(recorded["psnr_y"], abs=0.01)
     assert measured["sharpness"] == pytest.approx(recorded["sharpness"], abs=0.005)
 

@@ -68,6 +68,11 @@ def crop_to_multiple(image: torch.Tensor, scale: int) -> torch.Tensor:
     return image[..., :h, :w]
 
 
+def figures_key(dataset: str, tau: float | None) -> str:
+    """The name a checkpoint's recorded figures go under: the dataset, per temperature for stochastic models."""
+    return dataset if tau is None else f"{dataset}@tau{tau:g}"
+
+
 def mean_figures(figures: list[dict[str, float]]) -> dict[str, float]:
     """The mean of every figure over a list of per-image (or per-sample) figures."""
     return {k: math.fsum(f[k] for f in figures) / len(figures) for k in figures[0]}

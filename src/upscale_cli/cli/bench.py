@@ -227,6 +227,7 @@ def record_rows(rows: list[dict[str, Any]]) -> None:
     """Write each checkpoint's fp32 figures on undegraded data into its metadata, keyed by dataset name."""
     import shlex
 
+    from upscale_cli.bench.quality import figures_key
     from upscale_cli.checkpoint import record_metrics
 
     command = "upscale " + shlex.join(click.get_current_context().meta.get("argv", ["bench", "quality"]))
@@ -237,7 +238,7 @@ def record_rows(rows: list[dict[str, Any]]) -> None:
         figures = {**row["mean"], "images": row["images_count"], "lr_files": row["lr_note"], "command": command}
         if row.get("tau") is not None:
             figures["tau"] = row["tau"]
-        key = row["dataset"] if row.get("tau") is None else f"{row['dataset']}@tau{row['tau']:g}"
+        key = figures_key(row["dataset"], row.get("tau"))
         record_metrics(Path(row["model_path"]), key, figures)
         echo_err(f"recorded {key} figures in {row['model_path']}")
 
