@@ -62,6 +62,7 @@ def test_recorded_figures_are_reproduced(name: str, set5_results: dict[str, ByTa
     recorded = read_info(SHIPPED[(name, 4)]).metrics[figures_key("Set5", tau)]
     assert measured["psnr_y"] == pytest.approx(recorded["psnr_y"], abs=0.01)
     assert measured["sharpness"] == pytest.approx(recorded["sharpness"], abs=0.005)
+    assert measured["lr_psnr"] == pytest.approx(recorded["lr_psnr"], abs=0.05)
 
 
 @needs_set5
