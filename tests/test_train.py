@@ -172,6 +172,27 @@ def test_resume_refuses_changed_settings(image_folder: Path, tmp_path: Path) -> 
         changed.run(resume=True)
 
 
+def test_resume_with_ema_zero_exports_the_live_weights_of_the_same_trajectory(image_folder: Path,
+                                                                            tmp_path: Path) -> None:
+    straight = Trainer(tiny_config(image_folder), tmp_path / "straight", "test")
+    straight.run()
+
+    first = Trainer(tiny_config(image_folder), tmp_path / "run", "test")
+    interrupt_at(first, 3)
+    with pytest.raises(TrainingInterrupted):
+        first.run()
+    second = Trainer(tiny_config(image_folder, ema=0.0), tmp_path / "run", "test")
+    second.run(resume=True)
+    live = second.recipe.generator.state_dict()
+    exported, _ = load_model(tmp_path / "run" / "last.safetensors")
+    for key, value in straight.recipe.generator.state_dict().items():
+        assert torch.equal(live[key], value), key  # the EMA setting does not touch training itself
+    for key, value in exported.state_dict().items():
+        if "running_" not in key and "num_batches" not in key:  # BatchNorm statistics are re-estimated
+            assert torch.equal(value, live[key]), key
+    assert not all(torch.equal(v, straight.ema.shadow.state_dict()[k]) for k, v in live.items())
+
+
 WORKER = """
 import sys, json
 from pathlib import Path

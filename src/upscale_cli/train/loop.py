@@ -29,7 +29,9 @@ from upscale_cli.train.config import TrainConfig
 from upscale_cli.train.data import PatchSampler
 from upscale_cli.train.recipes import Recipe, make_recipe
 
-RESUMABLE_CHANGES = ("iters", "out")  # settings --resume may change; any other change is refused
+# Settings --resume may change; any other change is refused. `ema` only changes the averaged copy that is
+# validated and exported (ema=0: the live weights), never the training trajectory.
+RESUMABLE_CHANGES = ("iters", "out", "ema")
 
 
 class TrainingInterrupted(Exception):
