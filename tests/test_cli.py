@@ -170,6 +170,19 @@ def test_precision_option_changes_arithmetic(photo: Path, tiny_checkpoint: Path,
     assert result.exit_code == 2 and "fp16 is not supported on the CPU" in result.output
 
 
+@pytest.mark.parametrize(("native", "precision", "warned"),
+                         [(False, "bf16", True), (True, "bf16", False), (False, "fp32", False), (False, "auto", False)])
+def test_emulated_bf16_is_run_with_a_warning(photo: Path, tiny_checkpoint: Path, tmp_path: Path, monkeypatch,
+                                             native: bool, precision: str, warned: bool) -> None:
+    import upscale_cli.device
+
+    monkeypatch.setattr(upscale_cli.device, "cpu_has_native_bf16", lambda: native)
+    result = invoke(photo, "-m", tiny_checkpoint, "--device", "cpu", "--precision", precision, "-o", tmp_path / "o.png")
+    assert result.exit_code == 0 and (tmp_path / "o.png").exists()
+    assert ("warning: this CPU has no native bf16" in result.output) == warned
+    assert ("auto picks fp32" in result.output) == warned
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given when CUDA is absent")
 def test_cuda_requested_without_cuda(photo: Path, tiny_checkpoint: Path) -> None:
     result = CliRunner().invoke(cli, [str(photo), "-m", str(tiny_checkpoint), "--device", "cuda"])

@@ -72,6 +72,18 @@ def test_resume_without_interrupt_differs_from_a_fresh_seed(image_folder: Path, 
     assert not torch.equal(one.recipe.generator.head[0].weight, two.recipe.generator.head[0].weight)
 
 
+@pytest.mark.parametrize(("native", "warned"), [(False, True), (True, False)])
+def test_training_in_emulated_bf16_warns_once(image_folder: Path, tmp_path: Path, monkeypatch,
+                                              native: bool, warned: bool) -> None:
+    import upscale_cli.device
+
+    monkeypatch.setattr(upscale_cli.device, "cpu_has_native_bf16", lambda: native)
+    lines: list[str] = []
+    trainer = Trainer(tiny_config(image_folder, precision="bf16", iters=1), tmp_path / "run", "test", echo=lines.append)
+    assert trainer.precision == "bf16"
+    assert sum("warning: this CPU has no native bf16" in line for line in lines) == int(warned)
+
+
 def test_loss_falls_and_export_records_provenance(image_folder: Path, tmp_path: Path) -> None:
     config = tiny_config(image_folder, iters=60, val=str(tmp_path / "val"), val_every=30, log_every=10)
     val = tmp_path / "val"

@@ -56,6 +56,15 @@ def resolve_precision(name: str, device: torch.device, supports_half: bool = Tru
     return name
 
 
+def emulated_bf16_warning(device: torch.device, precision: str) -> str | None:
+    """A warning for bf16 on a CPU that only emulates it, where it runs several times slower than fp32."""
+    if precision != "bf16" or device.type != "cpu" or cpu_has_native_bf16():
+        return None
+    return ("this CPU has no native bf16 (AMX or AVX-512 BF16): bf16 is emulated here and runs several times "
+            "slower than fp32 (compare with `upscale bench speed --precision fp32,bf16`); "
+            "--precision auto picks fp32 on such CPUs")
+
+
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
     """Mixed-precision context for `precision` (a no-op for fp32)."""
     if precision == "fp32":

@@ -108,8 +108,12 @@ def check_output_usage(opts: dict[str, Any]) -> None:
         raise click.UsageError("reading from stdin needs -o FILE or -o - for stdout")
 
 
-def load_model_for_cli(opts: dict[str, Any], scale: float | None = None) -> Any:
-    """Load the model the options name; a device or precision this machine lacks is a usage error."""
+def load_model_for_cli(opts: dict[str, Any], report: Reporter, scale: float | None = None) -> Any:
+    """Load the model the options name; a device or precision this machine lacks is a usage error.
+
+    A precision this machine only emulates (bf16 on a CPU without native bf16) is allowed, with a warning.
+    """
+    from upscale_cli.device import emulated_bf16_warning
     from upscale_cli.engine import load_upscaler
 
     try:
@@ -120,6 +124,9 @@ def load_model_for_cli(opts: dict[str, Any], scale: float | None = None) -> Any:
     if opts["tile"].isdigit() and int(opts["tile"]) <= upscaler.overlap:
         raise click.BadParameter(f"the tile ({opts['tile']}) must be larger than the overlap ({upscaler.overlap})",
                                  param_hint="--tile")
+    warning = emulated_bf16_warning(upscaler.device, upscaler.precision)
+    if warning:
+        report.note(f"warning: {warning}")
     return upscaler
 
 

@@ -72,7 +72,7 @@ def _run(opts: dict[str, Any]) -> int:
     for outcome in outcomes:
         report.add(outcome)
     if jobs:
-        upscaler = load_model_for_cli(opts)
+        upscaler = load_model_for_cli(opts, report)
         if not upscaler.stochastic:
             raise click.UsageError(f"{upscaler.name} is deterministic: `upscale sample` needs a stochastic model "
                                    "such as srflow (use `upscale` for one output)")

@@ -16,7 +16,7 @@ _OPTION_FIELDS = ("data", "val", "scale", "iters", "batch", "patch", "lr", "init
 
 
 @click.command()
-@click.option("-m", "--model", "model", default=None, help="Recipe: srresnet, srgan.")
+@click.option("-m", "--model", "model", default=None, help="Recipe: srresnet, srgan, srflow.")
 @click.option("--data", type=click.Path(exists=True, file_okay=False), help="Folder of HR training images.")
 @click.option("--val", type=click.Path(exists=True, file_okay=False),
               help=f"HR/ + LR_x4/ validation folder (default {DEFAULT_VAL} when present).")

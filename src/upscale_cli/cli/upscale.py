@@ -57,7 +57,7 @@ def _run(opts: dict[str, Any]) -> int:
     for outcome in outcomes:
         report.add(outcome)
     if jobs:
-        upscaler = load_model_for_cli(opts, opts["scale"])
+        upscaler = load_model_for_cli(opts, report, opts["scale"])
         for flag in ("seed", "tau"):
             if opts[flag] is not None and not upscaler.stochastic:
                 report.note(f"--{flag} has no effect on {upscaler.name}: the model is deterministic")

@@ -24,7 +24,7 @@ from torch import nn
 
 from upscale_cli import __version__
 from upscale_cli.checkpoint import CheckpointInfo, config_dict, save_checkpoint
-from upscale_cli.device import autocast, resolve_precision
+from upscale_cli.device import autocast, emulated_bf16_warning, resolve_precision
 from upscale_cli.train.config import TrainConfig
 from upscale_cli.train.data import PatchSampler
 from upscale_cli.train.recipes import Recipe, make_recipe
@@ -186,6 +186,9 @@ class Trainer:
         self.dist = Distributed()
         self.device = torch.device("cpu")
         self.precision = resolve_precision(config.precision, self.device)
+        warning = emulated_bf16_warning(self.device, self.precision)
+        if warning and self.dist.main:
+            self.echo(f"warning: {warning}")
         torch.manual_seed(config.seed)
         self.recipe: Recipe = make_recipe(config, self.dist.wrap)
         self.ema = ModelEMA(self.recipe.generator, config.ema)
