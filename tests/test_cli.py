@@ -305,6 +305,19 @@ def test_missing_weights_say_so_with_exit_code_3(photo: Path, tmp_path: Path) ->
     assert "Traceback" not in result.output
 
 
+def test_a_known_model_without_weights_says_how_to_get_them(photo: Path, tmp_path: Path, monkeypatch) -> None:
+    import upscale_cli.models
+
+    monkeypatch.setattr(upscale_cli.models, "weights_dirs", lambda: [tmp_path])
+    result = invoke("sample", photo, "-o", tmp_path / "out")
+    assert result.exit_code == 3
+    assert "model 'srflow': no weights file (srflow_x4.safetensors)" in result.output
+    assert "upscale train --model srflow" in result.output and not (tmp_path / "out").exists()
+    listing = invoke("models", "--json")
+    rows = json.loads(listing.stdout)
+    assert any(row["name"] == "srflow" and row["status"] == "weights missing" for row in rows), listing.output
+
+
 def test_broken_checkpoint_is_one_line_exit_3_and_verbose_shows_traceback(photo: Path, tmp_path: Path) -> None:
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"garbage")

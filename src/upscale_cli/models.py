@@ -20,6 +20,7 @@ DEFAULT_MODEL = "srgan"
 KNOWN_MODELS: dict[str, tuple[str, str]] = {
     "srresnet": ("srresnet", "SRResNet, PSNR-oriented (Ledig et al. 2017)"),
     "srgan": ("srresnet", "SRGAN generator, perceptual / GAN-trained (Ledig et al. 2017)"),
+    "srflow": ("srflow", "SRFlow, draws many plausible HR images for one LR (Lugmayr et al. 2020)"),
 }
 _WEIGHTS_FILE = re.compile(r"^(?P<name>[a-z0-9_-]+?)_x(?P<scale>\d+)\.safetensors$")
 
