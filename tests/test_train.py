@@ -174,6 +174,40 @@ def test_settings_are_typed_and_unknown_keys_rejected() -> None:
         parse_set_options(("lr",))
 
 
+@pytest.mark.parametrize(("args", "toml", "expected"), [
+    (["--model", "srflow"], "", {"model": "srflow", "ema": 0.0, "lr": 2.5e-4}),
+    (["--model", "srflow", "--lr", "1e-3", "--set", "ema=0.9"], "", {"ema": 0.9, "lr": 1e-3}),
+    ([], 'model = "srflow"\n', {"model": "srflow", "ema": 0.0}),
+    ([], 'model = "srflow"\nema = 0.5\n', {"ema": 0.5, "lr": 2.5e-4}),
+    (["--model", "srresnet", "--set", "model=srflow"], "", {"model": "srflow", "ema": 0.0}),
+    ([], "", {"model": "srresnet", "ema": 0.999, "lr": 2e-4}),
+])
+def test_each_recipe_starts_from_its_own_defaults(image_folder: Path, tmp_path: Path, monkeypatch,
+                                                  args: list[str], toml: str, expected: dict) -> None:
+    """SRFlow defaults to no EMA and the paper's lr; the TOML, the options and --set still win, in that order."""
+    from click.testing import CliRunner
+
+    import upscale_cli.train.loop as loop
+    from upscale_cli.cli import cli
+
+    seen: list[TrainConfig] = []
+
+    class RecordingTrainer:
+        def __init__(self, config: TrainConfig, *rest: object, **kwargs: object) -> None:
+            seen.append(config)
+
+        def run(self, resume: bool) -> Path:
+            raise TrainingInterrupted(0, Path("run"))
+
+    monkeypatch.setattr(loop, "Trainer", RecordingTrainer)
+    config_file = tmp_path / "run.toml"
+    config_file.write_text(toml)
+    result = CliRunner().invoke(cli, ["train", "--data", str(image_folder), "--run-dir", str(tmp_path / "run"),
+                                      "--config", str(config_file), *args])
+    assert "stopped at step 0" in result.output, result.output
+    assert {key: getattr(seen[0], key) for key in expected} == expected
+
+
 def test_resume_refuses_changed_settings(image_folder: Path, tmp_path: Path) -> None:
     first = Trainer(tiny_config(image_folder), tmp_path / "run", "test")
     interrupt_at(first, 2)

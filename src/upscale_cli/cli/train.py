@@ -24,7 +24,7 @@ _OPTION_FIELDS = ("data", "val", "scale", "iters", "batch", "patch", "lr", "init
 @click.option("--iters", type=int, help="Total optimiser steps.")
 @click.option("--batch", type=int, help="Patches per step (per process).")
 @click.option("--patch", type=int, help="HR patch size in pixels.")
-@click.option("--lr", type=float, help="Peak learning rate.")
+@click.option("--lr", type=float, help="Peak learning rate (default 2e-4; srflow 2.5e-4).")
 @click.option("--loss", type=click.Choice(["l1", "mse"]), help="Pixel loss.")
 @click.option("--out", type=click.Path(dir_okay=False),
               help="Where to write the final weights (remembered by --resume).")
@@ -54,7 +54,7 @@ def _train(model: str | None, run_dir: str | None, resume: str | None,
            command: str) -> int:
     import json
 
-    from upscale_cli.train.config import TrainConfig, apply_settings, parse_set_options, read_toml
+    from upscale_cli.train.config import TrainConfig, apply_settings, parse_set_options, read_toml, recipe_defaults
     from upscale_cli.train.loop import Trainer, TrainingInterrupted
     from upscale_cli.train.validate import make_validator
 
@@ -62,17 +62,18 @@ def _train(model: str | None, run_dir: str | None, resume: str | None,
     if model:
         given["model"] = model
     try:
+        overrides = parse_set_options(settings)
         if resume is not None:
             run_path = Path(resume or run_dir or "")
             if not (run_path / "state.pt").is_file():
                 raise click.BadParameter(f"{run_path}: no state.pt to resume from", param_hint="--resume")
             config = apply_settings(TrainConfig(), json.loads((run_path / "config.json").read_text()))
         else:
-            config = TrainConfig()
-            if config_file:
-                config = apply_settings(config, read_toml(Path(config_file)))
+            toml = read_toml(Path(config_file)) if config_file else {}
+            name = overrides.get("model") or given.get("model") or toml.get("model") or TrainConfig.model
+            config = apply_settings(recipe_defaults(str(name)), toml)
         config = apply_settings(config, given)
-        config = apply_settings(config, parse_set_options(settings), strings=True)
+        config = apply_settings(config, overrides, strings=True)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     if not config.data:

@@ -1,4 +1,4 @@
-"""The typed training configuration: defaults per recipe, a TOML file, then `--set key=value`."""
+"""The typed training configuration: defaults per recipe, a TOML file, the options, then `--set key=value`."""
 
 from __future__ import annotations
 
@@ -51,6 +51,20 @@ class TrainConfig:
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+
+# What a recipe needs other than TrainConfig's defaults (kept here, not in the recipes, because
+# `upscale train --help` and config parsing must not import torch). SRFlow: the paper's learning rate;
+# no EMA, because the average of a flow's weights is a worse flow than the live weights
+# (weights/README.md, SRFlow section).
+RECIPE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "srflow": {"lr": 2.5e-4, "ema": 0.0},
+}
+
+
+def recipe_defaults(model: str) -> TrainConfig:
+    """TrainConfig's defaults for `model`: the shared ones with the recipe's own on top."""
+    return apply_settings(TrainConfig(model=model), RECIPE_DEFAULTS.get(model, {}))
 
 
 def _coerce(name: str, kind: Any, text: str) -> Any:

@@ -15,7 +15,8 @@
   `param_nets_fp32` keeps them in fp32.
 * Adam + warm-up/cosine from train/optim.py over all parameters (Adam skips the frozen encoder,
   whose gradients are None).
-* `selection_metric` is None: the exported model is the EMA of the last step. Validation NLL keeps
+* `selection_metric` is None: the exported model is the last step's (live by default: the recipe's
+  `ema` default is 0, see `RECIPE_DEFAULTS` in train/config.py). Validation NLL keeps
   falling under the cosine schedule, and PSNR at tau 0 would pick the least diverse weights (the
   same reason SRGAN keeps the last weights).
 
