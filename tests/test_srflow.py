@@ -232,6 +232,49 @@ def test_resume_across_the_unfreezing_is_bit_exact(image_folder: Path, tiny_chec
     assert all(torch.equal(ema_a[k], ema_b[k]) for k in ema_a)
 
 
+def _frozen_per_step(trainer: Trainer, stop_at: int | None = None) -> list[bool]:
+    """Run `trainer` (resuming when it has a state) and list whether the encoder was frozen at each step;
+    SIGTERM after step `stop_at - 1`."""
+    import os
+    import signal
+
+    from upscale_cli.train.loop import TrainingInterrupted
+
+    recipe = trainer.recipe
+    frozen: list[bool] = []
+    original = recipe.train_step
+
+    def record(*args: object, **kwargs: object) -> dict[str, float]:
+        result = original(*args, **kwargs)  # type: ignore[arg-type]
+        frozen.append(bool(recipe.frozen))  # type: ignore[attr-defined]
+        if trainer.step + 1 == stop_at:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return result
+
+    recipe.train_step = record  # type: ignore[method-assign]
+    if stop_at is None:
+        trainer.run(resume=trainer.state_path.exists())
+    else:
+        with pytest.raises(TrainingInterrupted):
+            trainer.run(resume=trainer.state_path.exists())
+    return frozen
+
+
+def test_resume_may_unfreeze_the_encoder_earlier_and_never_freezes_it_again(
+        image_folder: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """`encoder_frozen_fraction` may change on resume; raising `iters` after the unfreezing (which moves
+    the freeze point past the current step) keeps the encoder training."""
+    kept_frozen = train_config(image_folder, tiny_checkpoint, iters=4, batch=2, encoder_frozen_fraction=1.0)
+    assert _frozen_per_step(Trainer(kept_frozen, tmp_path / "earlier", "test"), stop_at=2) == [True, True]
+    earlier = apply_settings(kept_frozen, {"encoder_frozen_fraction": 0.5})
+    assert _frozen_per_step(Trainer(earlier, tmp_path / "earlier", "test")) == [False, False]
+
+    halfway = train_config(image_folder, tiny_checkpoint, iters=4, batch=2, encoder_frozen_fraction=0.5)
+    assert _frozen_per_step(Trainer(halfway, tmp_path / "longer", "test"), stop_at=3) == [True, True, False]
+    longer = apply_settings(halfway, {"iters": 8})  # 0.5 of 8: the freeze point moves to step 4 > 3
+    assert _frozen_per_step(Trainer(longer, tmp_path / "longer", "test")) == [False] * 5
+
+
 def test_bf16_runs_put_the_parameter_networks_in_bf16_unless_told_not_to(
         image_folder: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
     from upscale_cli.flows import ParamNet

@@ -3,7 +3,8 @@
 * The encoder starts from `config.init` (a trained srresnet checkpoint of the same scale: its
   channels, blocks and norm set the encoder's config) and is frozen for the first
   `encoder_frozen_fraction` of the iterations (features computed without gradients), then trained
-  jointly at the then-current learning rate. Without `init` the encoder starts random (useful for
+  jointly at the then-current learning rate. A resume may move the unfreezing while the encoder is
+  still frozen; once it trains, it trains to the end. Without `init` the encoder starts random (useful for
   tests only: spec 2.10 says a random frozen encoder does not work).
 * ActNorm data-dependent initialisation runs on the first batch, in training mode, before any
   optimiser step (not again after a resume: the flags are in the state).
@@ -138,6 +139,7 @@ class SRFlowRecipe(Recipe):
         self.net: nn.Module | None = None
         self.frozen: bool | None = None
         self.freeze_steps = round(config.encoder_frozen_fraction * config.iters)
+        self.unfrozen_at: int | None = None  # the step the encoder started training (it never freezes again)
         self.optimizer, self.schedule = adam_with_schedule(self.generator.parameters(), config.lr, config)
         self.skipped_total = 0
 
@@ -149,6 +151,13 @@ class SRFlowRecipe(Recipe):
         self.generator.encoder.requires_grad_(not frozen)
         self.objective.frozen_encoder = frozen
         self.net = self.wrap(self.objective)
+
+    def _encoder_frozen(self, step: int) -> bool:
+        """Frozen before `freeze_steps`, trained from then on for good: a resume that raises `iters` (and
+        with it `freeze_steps`) must not freeze an encoder that is already training."""
+        if self.unfrozen_at is None and step >= self.freeze_steps:
+            self.unfrozen_at = step
+        return self.unfrozen_at is None
 
     def _param_nets_follow(self, autocast: AutocastFactory, device_type: str) -> None:
         """Run the flow's parameter networks in the run's autocast dtype unless `param_nets_fp32`."""
@@ -162,7 +171,7 @@ class SRFlowRecipe(Recipe):
         if not self.generator.initialized:
             self.generator.initialize(hr, lr, noise=self.config.hr_noise)
             _broadcast_from_rank0(self.generator)
-        self._set_phase(step < self.freeze_steps)
+        self._set_phase(self._encoder_frozen(step))
         assert self.net is not None
         self.generator.train()
         self.objective.autocast = autocast
@@ -187,13 +196,15 @@ class SRFlowRecipe(Recipe):
 
     def state_dict(self) -> dict[str, Any]:
         return {"generator": self.generator.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "schedule": self.schedule.state_dict(), "skipped_total": self.skipped_total}
+                "schedule": self.schedule.state_dict(), "skipped_total": self.skipped_total,
+                "unfrozen_at": self.unfrozen_at}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.generator.load_state_dict(state["generator"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
         self.skipped_total = int(state["skipped_total"])
+        self.unfrozen_at = state.get("unfrozen_at")  # absent in states saved before it was recorded
 
 
 def build(config: TrainConfig, wrap: Callable[[nn.Module], nn.Module]) -> SRFlowRecipe:
