@@ -31,6 +31,10 @@ def quality_json(tmp_path: Path, *args: str) -> dict[str, Any]:
     return json.loads(out.read_text())
 
 
+def read_float(path: Path) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(Image.open(path), dtype=np.float64) / 255).permute(2, 0, 1)
+
+
 def row(data: dict[str, Any], model: str) -> dict[str, Any]:
     return next(r for r in data["results"] if r["model"] == model)
 
@@ -95,6 +99,23 @@ def test_degrade_blur_lowers_bicubic_and_ignores_given_lr(paired_folder: Path, t
     blurred = row(json.loads(out.read_text()), "bicubic")
     assert blurred["lr"] == "blur:2"
     assert blurred["mean"]["psnr_y"] < row(clean, "bicubic")["mean"]["psnr_y"] - 0.5
+
+
+def test_given_lr_files_are_audited_against_their_hr(paired_folder: Path, tmp_path: Path) -> None:
+    shifted = paired_folder / "LR_x4" / "img_1.png"  # an LR file not made from its HR: shifted one pixel
+    Image.fromarray(np.roll(np.array(Image.open(shifted)), 1, axis=1)).save(shifted)
+    out = tmp_path / "audit.json"
+    result = invoke("quality", "--data", str(paired_folder), "--model", "bicubic", "--json", str(out))
+    assert result.exit_code == 0, result.output
+    note = row(json.loads(out.read_text()), "bicubic")["lr_note"]
+    assert note in result.stderr
+    flagged = note.split("capping LR-PSNR: ")[1]
+    assert flagged.startswith("img_1 (") and "img_0" not in flagged and "img_2" not in flagged
+    # the ceiling is the mean of the HR's own LR-PSNR: rounding-limited for two files, low for the shifted one
+    own = [lr_consistency(read_float(paired_folder / "HR" / name), read_float(paired_folder / "LR_x4" / name))
+           for name in ("img_0.png", "img_1.png", "img_2.png")]
+    assert own[0] > 50 and own[2] > 50 and own[1] < 50
+    assert row(json.loads(out.read_text()), "bicubic")["hr_lr_psnr"] == pytest.approx(sum(own) / 3, abs=1e-4)
 
 
 def test_tau_on_deterministic_models_is_a_note(image_folder: Path, tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ from upscale_cli.train.data import list_images, load_rgb
 
 BLUR_KERNEL = 21
 DEFAULT_SAMPLES = 4
+LR_FILE_MISMATCH_DB = 50.0  # 8-bit rounding alone keeps an HR's own LR-PSNR near 59 dB
 
 
 @dataclass
@@ -165,6 +166,23 @@ class Dataset:
     pairs: list[ImagePair]
     lr_source: str  # short label for tables
     lr_note: str  # one line for the terminal
+    hr_lr_psnr: float | None = None  # mean LR-PSNR of the HR images themselves against given LR files
+
+
+def audit_lr_files(pairs: list[ImagePair], scale: int) -> tuple[float, str]:
+    """The HR images' own mean LR-PSNR against the given LR files, and a note naming mismatched files.
+
+    That mean is the ceiling of the LR-PSNR column: no output can shrink back to the LR files better
+    than the true HR does. An LR file the HR misses by far (under 50 dB) was not made from exactly that
+    HR by MATLAB bicubic, and caps every model's LR-PSNR on that image.
+    """
+    own = {pair.name: lr_consistency(crop_to_multiple(pair.hr, scale), pair.lr) for pair in pairs}
+    ceiling = math.fsum(own.values()) / len(own)
+    note = f"LR_x{scale}/ files used as given; the HR images themselves score {ceiling:.2f} dB LR-PSNR"
+    mismatched = [f"{name} ({value:.2f} dB)" for name, value in own.items() if value < LR_FILE_MISMATCH_DB]
+    if mismatched:
+        note += f"; LR files their HR misses by more than 8-bit rounding, capping LR-PSNR: {', '.join(mismatched)}"
+    return ceiling, note
 
 
 def dataset_name(folder: Path) -> str:
@@ -181,11 +199,12 @@ def load_dataset(folder: Path, scale: int, degradation: Degradation | None = Non
     try:
         pairs = load_pairs(folder, scale)
         has_lr = (folder / f"LR_x{scale}").is_dir()
+        if degradation is None and has_lr:
+            ceiling, note = audit_lr_files(pairs, scale)
+            return Dataset(dataset_name(folder), folder, pairs, f"LR_x{scale}", note, ceiling)
         if degradation is None:
-            source = f"LR_x{scale}" if has_lr else "bicubic"
-            note = (f"LR_x{scale}/ files used as given" if has_lr
-                    else f"no LR_x{scale}/ folder: LR made from HR with MATLAB bicubic")
-            return Dataset(dataset_name(folder), folder, pairs, source, note)
+            note = f"no LR_x{scale}/ folder: LR made from HR with MATLAB bicubic"
+            return Dataset(dataset_name(folder), folder, pairs, "bicubic", note)
         generator = torch.Generator().manual_seed(seed)
         for pair in pairs:
             pair.hr = crop_to_multiple(pair.hr, scale)

@@ -199,7 +199,7 @@ def _quality(opts: dict[str, Any]) -> int:
                                             opts["taus"] or (), opts["samples"] or DEFAULT_SAMPLES,
                                             opts["seed"]):
                 rows.append({"dataset": dataset.name, "folder": str(dataset.folder), "lr": dataset.lr_source,
-                             "lr_note": dataset.lr_note, "model": upscaler.name,
+                             "lr_note": dataset.lr_note, "hr_lr_psnr": dataset.hr_lr_psnr, "model": upscaler.name,
                              "model_path": str(upscaler.path) if upscaler.path else None,
                              "precision": upscaler.precision, "images_count": len(dataset.pairs), **result})
     print_table(quality_table(rows, scale))
