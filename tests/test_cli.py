@@ -172,12 +172,14 @@ def test_precision_option_changes_arithmetic(photo: Path, tiny_checkpoint: Path,
 
 @pytest.mark.parametrize(("native", "precision", "warned"),
                          [(False, "bf16", True), (True, "bf16", False), (False, "fp32", False), (False, "auto", False)])
+@pytest.mark.parametrize("quiet", [(), ("-q",)])
 def test_emulated_bf16_is_run_with_a_warning(photo: Path, tiny_checkpoint: Path, tmp_path: Path, monkeypatch,
-                                             native: bool, precision: str, warned: bool) -> None:
+                                             native: bool, precision: str, warned: bool, quiet: tuple[str]) -> None:
     import upscale_cli.device
 
     monkeypatch.setattr(upscale_cli.device, "cpu_has_native_bf16", lambda: native)
-    result = invoke(photo, "-m", tiny_checkpoint, "--device", "cpu", "--precision", precision, "-o", tmp_path / "o.png")
+    result = invoke(photo, "-m", tiny_checkpoint, "--device", "cpu", "--precision", precision, "-o", tmp_path / "o.png",
+                    *quiet)
     assert result.exit_code == 0 and (tmp_path / "o.png").exists()
     assert ("warning: this CPU has no native bf16" in result.output) == warned
     assert ("auto picks fp32" in result.output) == warned

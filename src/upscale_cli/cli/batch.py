@@ -126,7 +126,7 @@ def load_model_for_cli(opts: dict[str, Any], report: Reporter, scale: float | No
                                  param_hint="--tile")
     warning = emulated_bf16_warning(upscaler.device, upscaler.precision)
     if warning:
-        report.note(f"warning: {warning}")
+        report.warn(warning)
     return upscaler
 
 
@@ -224,6 +224,10 @@ class Reporter:
     def note(self, message: str, verbose_only: bool = False) -> None:
         if not self.quiet and (self.verbose or not verbose_only):
             self.say(message)
+
+    def warn(self, message: str) -> None:
+        """A warning shows even with --quiet, which silences progress and per-file messages only."""
+        self.say(f"warning: {message}")
 
     def add(self, outcome: Outcome) -> None:
         self.outcomes.append(outcome)
