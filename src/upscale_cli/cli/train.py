@@ -9,6 +9,7 @@ import click
 
 from upscale_cli.cli.common import echo_err, run_guarded
 from upscale_cli.errors import ExitCode
+from upscale_cli.train.config import RECIPES
 
 DEFAULT_VAL = Path("../shared/data/val/Set5")
 _OPTION_FIELDS = ("data", "val", "scale", "iters", "batch", "patch", "lr", "init", "seed", "precision",
@@ -16,7 +17,7 @@ _OPTION_FIELDS = ("data", "val", "scale", "iters", "batch", "patch", "lr", "init
 
 
 @click.command()
-@click.option("-m", "--model", "model", default=None, help="Recipe: srresnet, srgan, srflow.")
+@click.option("-m", "--model", "model", type=click.Choice(RECIPES), default=None, help="Recipe (default srresnet).")
 @click.option("--data", type=click.Path(exists=True, file_okay=False), help="Folder of HR training images.")
 @click.option("--val", type=click.Path(exists=True, file_okay=False),
               help=f"HR/ + LR_x4/ validation folder (default {DEFAULT_VAL} when present).")

@@ -53,10 +53,12 @@ class TrainConfig:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
 
 
-# What a recipe needs other than TrainConfig's defaults (kept here, not in the recipes, because
-# `upscale train --help` and config parsing must not import torch). SRFlow: the paper's learning rate;
+# The recipes (`upscale_cli.train.recipes.<name>`), and what each needs other than TrainConfig's
+# defaults: kept here, not in the recipes, because `upscale train --help` and config parsing must not
+# import torch. SRFlow: the paper's learning rate;
 # no EMA, because the average of a flow's weights is a worse flow than the live weights
 # (weights/README.md, SRFlow section).
+RECIPES = ("srresnet", "srgan", "srflow")
 RECIPE_DEFAULTS: dict[str, dict[str, Any]] = {
     "srflow": {"lr": 2.5e-4, "ema": 0.0},
 }

@@ -9,13 +9,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from upscale_cli.train.config import TrainConfig
+from upscale_cli.train.config import RECIPES, TrainConfig
 
-_RECIPES = {
-    "srresnet": "upscale_cli.train.recipes.srresnet",
-    "srgan": "upscale_cli.train.recipes.srgan",
-    "srflow": "upscale_cli.train.recipes.srflow",
-}
 
 AutocastFactory = Callable[[], Any]
 
@@ -49,6 +44,6 @@ class Recipe(ABC):
 
 def make_recipe(config: TrainConfig, wrap: Callable[[nn.Module], nn.Module]) -> Recipe:
     """The recipe named by `config.model`, with its modules wrapped by `wrap` (DDP when distributed)."""
-    if config.model not in _RECIPES:
-        raise ValueError(f"no training recipe for {config.model!r} (known: {', '.join(_RECIPES)})")
-    return importlib.import_module(_RECIPES[config.model]).build(config, wrap)
+    if config.model not in RECIPES:
+        raise ValueError(f"no training recipe for {config.model!r} (known: {', '.join(RECIPES)})")
+    return importlib.import_module(f"{__name__}.{config.model}").build(config, wrap)
