@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -332,6 +333,41 @@ def test_encoder_frozen_then_trained_and_non_finite_steps_skipped(image_folder: 
     encoder3, _ = snapshot()
     assert not torch.equal(encoder3, encoder0)  # unfrozen after half of the iterations
     assert recipe.state_dict()["skipped_total"] == 1
+
+
+def test_the_encoder_warms_up_after_unfreezing(image_folder: Path, tiny_checkpoint: Path) -> None:
+    """With `encoder_warmup` N, the first trained step moves the encoder 1/N of the way a run without
+    warm-up moves it from the same state, and the flow the same; the ramp reaches 1 after N steps."""
+    import contextlib
+    import copy
+
+    from upscale_cli.train.data import PatchSampler
+
+    config = train_config(image_folder, tiny_checkpoint, iters=4, encoder_frozen_fraction=0.5)
+    at_once = make_recipe(config, lambda module: module)
+    sampler = PatchSampler(image_folder, config.patch, config.scale, config.batch, seed=0)
+    at_once.train_step(*sampler.next_batch(), 0, contextlib.nullcontext)  # frozen; initialises ActNorm
+    warmed = make_recipe(apply_settings(config, {"encoder_warmup": 4}), lambda module: module)
+    warmed.load_state_dict(copy.deepcopy(at_once.state_dict()))
+
+    def weights(recipe: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        gen = recipe.generator
+        flow_weight = gen.flow.levels[0].steps.layers[0].conv.weight
+        return gen.encoder.head[0].weight.detach().clone(), flow_weight.detach().clone()
+
+    encoder0, flow0 = weights(at_once)
+    lr, hr = sampler.next_batch()
+    for recipe in (at_once, warmed):
+        torch.manual_seed(1)  # the same dequantisation noise
+        assert recipe.train_step(lr, hr, 2, contextlib.nullcontext)["skipped"] == 0.0  # step 2: unfrozen
+    (encoder_full, flow_full), (encoder_warm, flow_warm) = weights(at_once), weights(warmed)
+    assert not torch.equal(encoder_full, encoder0)
+    torch.testing.assert_close(encoder_warm - encoder0, (encoder_full - encoder0) / 4, rtol=1e-4, atol=1e-9)
+    torch.testing.assert_close(flow_warm, flow_full)
+    assert [warmed.encoder_update_fraction(s) for s in (2, 3, 4, 5, 9)] == [0.25, 0.5, 0.75, 1.0, 1.0]
+    assert [at_once.encoder_update_fraction(s) for s in (2, 3)] == [1.0, 1.0]
+    with pytest.raises(ValueError, match="encoder_warmup"):
+        make_recipe(apply_settings(config, {"encoder_warmup": -1}), lambda module: module)
 
 
 def test_recipe_rejects_patches_off_the_latent_grid(image_folder: Path, tiny_checkpoint: Path) -> None:

@@ -45,6 +45,7 @@ class TrainConfig:
     d_lr: float = 0.0  # 0 = same as lr
     # SRFlow
     encoder_frozen_fraction: float = 0.5  # encoder (from `init`) frozen for this fraction of iters, then trained
+    encoder_warmup: int = 0  # steps over which the unfrozen encoder's updates ramp from 0 to the full learning rate
     hr_noise: bool = True  # dequantisation noise (Gaussian, std 4/(sqrt(3)*255)) added to HR while training
     param_nets_fp32: bool = False  # keep the flow's parameter networks in fp32 under bf16 (1.8x slower steps)
     val_crop: int = 128  # SRFlow validation uses HR centre crops of at most this size (CPU cost)
