@@ -30,8 +30,9 @@ from upscale_cli.train.data import PatchSampler
 from upscale_cli.train.recipes import Recipe, make_recipe
 
 # Settings --resume may change; any other change is refused. `iters` and `encoder_frozen_fraction` reshape
-# the schedule from the current step on; `ema` only changes the averaged copy that is validated and
-# exported (ema=0: the live weights), never the training trajectory.
+# the schedule from the current step on, `encoder_warmup` the encoder's ramp after its unfreezing; `ema`
+# only changes the averaged copy that is validated and exported (ema=0: the live weights), never the
+# training trajectory.
 RESUMABLE_CHANGES = ("iters", "out", "ema", "encoder_frozen_fraction", "encoder_warmup")
 
 
