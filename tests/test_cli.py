@@ -242,6 +242,15 @@ def test_seed_on_a_deterministic_model_says_it_has_no_effect(photo: Path, tiny_c
     assert result.exit_code == 0 and "--seed has no effect" in result.stderr
 
 
+def test_output_says_what_made_it(photo: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """The Software tag names program, model, scale and precision (no seed or tau: the model is deterministic)."""
+    for fmt in ("png", "jpg"):
+        assert invoke(photo, "-m", tiny_checkpoint, "--precision", "fp32", "--format", fmt,
+                      "-o", tmp_path / f"out.{fmt}").exit_code == 0
+        with Image.open(tmp_path / f"out.{fmt}") as written:
+            assert written.getexif().get(0x0131) == "upscale 0.1.0; model tiny_x4 x4; fp32"
+
+
 def test_max_pixels_refuses_large_inputs(photo: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
     result = invoke(photo, "-m", tiny_checkpoint, "-o", tmp_path / "m.png", "--max-pixels", "100")
     assert result.exit_code == 1 and "limit" in result.stderr and not (tmp_path / "m.png").exists()

@@ -432,6 +432,54 @@ def test_16bit_colour_tiff_does_not_carry_exif() -> None:
         assert 0x010F not in written.tag_v2
 
 
+SOFTWARE = "upscale 0.1.0; model flow_x4 x4; fp32; seed 3; tau 0.8"
+
+
+def software_tag(data: bytes) -> str | None:
+    """The Software tag as an independent reader (Pillow) finds it, in any format."""
+    with Image.open(io.BytesIO(data)) as written:
+        return written.getexif().get(0x0131)
+
+
+@pytest.mark.parametrize("fmt,bit_depth", [("png", 8), ("jpg", 8), ("webp", 8), ("tiff", 8), ("png", 16),
+                                           ("tiff", 16)])
+def test_software_tag_records_what_made_the_pixels(fmt: str, bit_depth: int) -> None:
+    rgb = random_u8(3, 5, 3).astype(np.float32) / 255
+    data = encode_image(rgb, None, fmt, bit_depth=bit_depth, software=SOFTWARE)
+    assert software_tag(data) == SOFTWARE
+    assert software_tag(encode_image(rgb, None, fmt, bit_depth=bit_depth)) is None
+    if fmt in ("png", "tiff"):  # lossless: the tag changes nothing else
+        np.testing.assert_array_equal(read_image(data).rgb, read_image(encode_image(rgb, None, fmt,
+                                                                                    bit_depth=bit_depth)).rgb)
+
+
+@pytest.mark.parametrize("fmt", ["jpg", "png", "tiff"])
+def test_software_tag_replaces_the_sources_and_keeps_its_other_tags(fmt: str) -> None:
+    exif = Image.Exif()
+    exif.load(exif_block(1))
+    exif[0x0131] = "CameraFirmware 1.0"
+    data = encode_image(np.full((2, 3, 3), 0.25), None, fmt, exif=exif.tobytes(), software="upscale \u00e9t\u00e9")
+    with Image.open(io.BytesIO(data)) as written:
+        tags = written.getexif()
+        assert tags.get(0x0131) == "upscale ?t?"  # ASCII only, as the tag's type demands
+        assert tags.get(0x010F) == "TestCam"
+        if fmt != "tiff":  # the TIFF path keeps the IFD0 tags only (see test_exif_goes_into_the_tiff_ifd...)
+            assert tags.get_ifd(0x8769).get(0x9003) == "2020:01:02 03:04:05"
+
+
+def test_software_tag_gives_way_to_a_full_jpeg_exif_segment_and_to_unreadable_exif() -> None:
+    exif = Image.Exif()
+    exif[0x010E] = "d" * 65_440  # an ImageDescription that leaves too little room in the APP1 segment
+    block = exif.tobytes()
+    assert len(block) <= 65_533
+    data = encode_image(np.full((2, 3, 3), 0.25), None, "jpg", exif=block, software=SOFTWARE)
+    assert software_tag(data) is None and read_image(data).exif == block
+    assert software_tag(encode_image(np.full((2, 3, 3), 0.25), None, "png", exif=block, software=SOFTWARE)) == SOFTWARE
+    unreadable = b"Exif\x00\x00not a tiff block"
+    data = encode_image(np.full((2, 3, 3), 0.25), None, "png", exif=unreadable, software=SOFTWARE)
+    assert as_u8(read_image(data).rgb).max() == 64
+
+
 def test_grey_image_drops_an_rgb_profile(tmp_path: Path, srgb_profile: bytes) -> None:
     path = save(Image.fromarray(random_u8(2, 2, 1)[..., 0]), tmp_path / "g.png", "PNG",
                 icc_profile=srgb_profile)

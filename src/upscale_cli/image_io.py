@@ -44,6 +44,9 @@ _EXIF_HEADER = b"Exif\x00\x00"
 _ORIENTATION_TAG = 0x0112
 _ICC_TAG = 34675
 _EXTRA_SAMPLES_TAG = 338
+_SOFTWARE_TAG = 0x0131
+_EMPTY_TIFF = b"II*\x00" + struct.pack("<IHI", 8, 0, 0)  # a little-endian header and an IFD with no entries
+_JPEG_EXIF_LIMIT = 65533  # the most a JPEG APP1 segment holds: its 16-bit length counts its own 2 bytes
 # TIFF tags that describe a file's own pixel layout: an EXIF block from another file must not override them.
 _TIFF_LAYOUT_TAGS = (254, 256, 257, 258, 259, 262, 273, 277, 278, 279, 284, 317, 320, 322, 323, 324, 325,
                      338, 339, 513, 514, 530, _ICC_TAG)
@@ -361,7 +364,7 @@ def extension(fmt: str) -> str:
 
 def encode_image(rgb: np.ndarray, alpha: np.ndarray | None, fmt: str, *, grayscale: bool = False,
                  bit_depth: int = 8, quality: int | None = None, icc_profile: bytes | None = None,
-                 exif: bytes | None = None) -> bytes:
+                 exif: bytes | None = None, software: str | None = None) -> bytes:
     """Encode float planes (clamped to [0, 1], rounded) as the bytes of a `fmt` file.
 
     - grayscale=True writes one channel: the ITU-R BT.601 luma of `rgb` (equal channels give that value).
@@ -374,14 +377,20 @@ def encode_image(rgb: np.ndarray, alpha: np.ndarray | None, fmt: str, *, graysca
       into a finished TIFF is not worth its risk).
     - 8-bit and 16-bit grey TIFF are written uncompressed: Pillow's compressed TIFF writer (libtiff)
       rejects EXIF sub-IFDs.
+    - software (which program and settings made the pixels) becomes the Software tag of the first IFD,
+      replacing the source's: in the EXIF block of png, jpg and webp, and in the TIFF's own tags (also
+      for 16-bit colour). Non-ASCII characters become "?". A JPEG whose EXIF would outgrow its 64 KiB
+      segment keeps the source's EXIF without it.
     """
     _check_planes(rgb, alpha, fmt)
+    if software:
+        exif = _with_software(exif, software, fmt)
     depth = 16 if bit_depth == 16 and fmt in ("png", "tiff") else 8
     colour = (rgb @ _LUMA_BT601)[:, :, None] if grayscale else rgb
     planes = colour if alpha is None else np.concatenate([colour, alpha[:, :, None].astype(colour.dtype)], axis=2)
     pixels = _quantise(planes, depth)
     if depth == 16 and pixels.shape[2] > 1:
-        return _encode_16bit_colour(pixels, fmt, icc_profile, exif)
+        return _encode_16bit_colour(pixels, fmt, icc_profile, exif, software)
     return _encode_pillow(pixels, fmt, quality, icc_profile, exif)
 
 
@@ -430,8 +439,10 @@ def _exif_for_tiff(exif: bytes) -> Image.Exif:
     return tags
 
 
-def _encode_16bit_colour(pixels: np.ndarray, fmt: str, icc_profile: bytes | None, exif: bytes | None) -> bytes:
-    """Encode 16-bit RGB/RGBA (or grey+alpha, as RGBA) with OpenCV, then add the profile (and EXIF for PNG)."""
+def _encode_16bit_colour(pixels: np.ndarray, fmt: str, icc_profile: bytes | None, exif: bytes | None,
+                         software: str | None) -> bytes:
+    """Encode 16-bit RGB/RGBA (or grey+alpha, as RGBA) with OpenCV, then add the profile (and EXIF for PNG,
+    the Software tag for TIFF)."""
     import cv2  # only this path needs OpenCV
 
     if pixels.shape[2] == 2:
@@ -446,7 +457,7 @@ def _encode_16bit_colour(pixels: np.ndarray, fmt: str, icc_profile: bytes | None
     data = encoded.tobytes()
     if fmt == "png":
         return _png_with_metadata(data, icc_profile, exif)
-    return _tiff_with_tags(data, icc_profile, has_alpha=bgr.shape[2] == 4)
+    return _tiff_with_tags(data, icc_profile, has_alpha=bgr.shape[2] == 4, software=software)
 
 
 def _png_chunk(kind: bytes, payload: bytes) -> bytes:
@@ -465,30 +476,63 @@ def _png_with_metadata(png: bytes, icc_profile: bytes | None, exif: bytes | None
     return png[:ihdr_end] + b"".join(chunks) + png[ihdr_end:]
 
 
-def _tiff_with_tags(tiff: bytes, icc_profile: bytes | None, has_alpha: bool) -> bytes:
-    """Add what OpenCV's TIFF writer leaves out to the first IFD: the ICC profile and, for RGBA, ExtraSamples.
+def _tiff_with_tags(tiff: bytes, icc_profile: bytes | None, has_alpha: bool, software: str | None) -> bytes:
+    """Add what OpenCV's TIFF writer leaves out to the first IFD: the ICC profile, the Software tag and, for
+    RGBA, ExtraSamples (without ExtraSamples = 2, unassociated alpha, libtiff-based readers do not know the
+    fourth channel is alpha)."""
+    entries = []  # (tag, TIFF type, count, value in file byte order)
+    order = _byte_order(tiff)
+    if has_alpha:
+        entries.append((_EXTRA_SAMPLES_TAG, 3, 1, struct.pack(order + "H", 2)))  # SHORT 2: unassociated alpha
+    if icc_profile:
+        entries.append((_ICC_TAG, 7, len(icc_profile), icc_profile))  # type 7: UNDEFINED bytes
+    if software:
+        entries.append(_ascii_entry(_SOFTWARE_TAG, software))
+    return _set_first_ifd_entries(tiff, entries)
 
-    Without ExtraSamples = 2 (unassociated alpha) libtiff-based readers do not know the fourth channel
-    is alpha. The new values and a copy of the IFD with the extra entries are appended and the header
-    is pointed at the copy; nothing else moves, so every offset in the file stays valid.
+
+def _with_software(exif: bytes | None, software: str, fmt: str) -> bytes | None:
+    """The EXIF block (made if there is none) with `software` as its Software tag; see `encode_image`."""
+    block = _EMPTY_TIFF if exif is None else exif.removeprefix(_EXIF_HEADER)
+    try:
+        marked = _EXIF_HEADER + _set_first_ifd_entries(block, [_ascii_entry(_SOFTWARE_TAG, software)])
+    except (ValueError, struct.error):  # a source block we cannot parse is carried as it came
+        return exif
+    return exif if fmt == "jpg" and len(marked) > _JPEG_EXIF_LIMIT else marked
+
+
+def _ascii_entry(tag: int, text: str) -> tuple[int, int, int, bytes]:
+    """A TIFF ASCII entry (type 2): the text, NUL-terminated."""
+    value = text.encode("ascii", "replace") + b"\x00"
+    return tag, 2, len(value), value
+
+
+def _byte_order(tiff: bytes) -> str:
+    try:
+        return {b"II": "<", b"MM": ">"}[tiff[:2]]
+    except KeyError:
+        raise ValueError("not a TIFF-structured block") from None
+
+
+def _set_first_ifd_entries(tiff: bytes, new: list[tuple[int, int, int, bytes]]) -> bytes:
+    """`tiff` (a TIFF file or EXIF block) with `new` entries in its first IFD, replacing those of the same tags.
+
+    The values and a copy of the IFD are appended and the header is pointed at the copy; nothing else
+    moves, so every offset in the file (sub-IFDs, maker notes, strips) stays valid.
     """
-    order = {b"II": "<", b"MM": ">"}[tiff[:2]]
+    order = _byte_order(tiff)
     magic, ifd = struct.unpack_from(order + "HI", tiff, 2)
     if magic != 42:
         raise ValueError("cannot add tags to a BigTIFF file")
-    (count,) = struct.unpack_from(order + "H", tiff, ifd)
-    entries = [tiff[ifd + 2 + 12 * i: ifd + 14 + 12 * i] for i in range(count)]
-    next_ifd = tiff[ifd + 2 + 12 * count: ifd + 6 + 12 * count]
-    present = {struct.unpack_from(order + "H", entry)[0] for entry in entries}
-    extra = []  # (tag, TIFF type, count, value in file byte order)
-    if has_alpha and _EXTRA_SAMPLES_TAG not in present:
-        extra.append((_EXTRA_SAMPLES_TAG, 3, 1, struct.pack(order + "H", 2)))  # SHORT 2: unassociated alpha
-    if icc_profile and _ICC_TAG not in present:
-        extra.append((_ICC_TAG, 7, len(icc_profile), icc_profile))  # type 7: UNDEFINED bytes
-    if not extra:
+    if not new:
         return tiff
+    (count,) = struct.unpack_from(order + "H", tiff, ifd)
+    replaced = {tag for tag, *_ in new}
+    entries = [entry for entry in (tiff[ifd + 2 + 12 * i: ifd + 14 + 12 * i] for i in range(count))
+               if struct.unpack_from(order + "H", entry)[0] not in replaced]
+    next_ifd = tiff[ifd + 2 + 12 * count: ifd + 6 + 12 * count]
     body = _word_aligned(tiff)
-    for tag, kind, number, value in extra:
+    for tag, kind, number, value in new:
         if len(value) <= 4:  # small values live in the entry itself
             field = value.ljust(4, b"\x00")
         else:

@@ -195,14 +195,26 @@ def existing_output(path: Path | None, opts: dict[str, Any]) -> bool:
     return False
 
 
-def write_output(path: Path | None, rgb: Any, image: Any, fmt: str, opts: dict[str, Any]) -> None:
-    """Encode `rgb` with the source's alpha (resized), bit depth, ICC and EXIF; write atomically or to stdout."""
+def provenance(upscaler: Any, seed: int, tau: float | None) -> str:
+    """What made an output, for its Software tag: program, model, precision and, for stochastic models, the
+    seed and tau, so that the file itself says how to draw it again."""
+    from upscale_cli import __version__
+
+    parts = [f"upscale {__version__}", f"model {upscaler.name} x{upscaler.scale}", upscaler.precision]
+    if upscaler.stochastic:
+        parts += [f"seed {seed}", f"tau {tau:g}"]
+    return "; ".join(parts)
+
+
+def write_output(path: Path | None, rgb: Any, image: Any, fmt: str, opts: dict[str, Any], software: str) -> None:
+    """Encode `rgb` with the source's alpha (resized), bit depth, ICC and EXIF, and `software` as the Software
+    tag; write atomically or to stdout."""
     from upscale_cli.image_io import encode_image, lanczos_resize, write_image
 
     height, width = rgb.shape[:2]
     alpha = None if image.alpha is None else lanczos_resize(image.alpha, width, height).clip(0, 1)
     data = encode_image(rgb, alpha, fmt, grayscale=image.grayscale, bit_depth=image.bit_depth,
-                        quality=opts["quality"], icc_profile=image.icc_profile, exif=image.exif)
+                        quality=opts["quality"], icc_profile=image.icc_profile, exif=image.exif, software=software)
     if path is None:
         sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()

@@ -10,7 +10,8 @@ from typing import Any
 import click
 
 from upscale_cli.cli.batch import (Job, Outcome, Reporter, check_output_usage, destination, existing_output,
-                                   expand_inputs, load_model_for_cli, output_options, write_output)
+                                   expand_inputs, load_model_for_cli, output_options, provenance,
+                                   write_output)
 from upscale_cli.cli.common import run_guarded
 from upscale_cli.cli.progress import BatchProgress
 from upscale_cli.errors import ExitCode, UpscaleError
@@ -122,7 +123,7 @@ def _sample_one(job: Job, upscaler: Any, taus: tuple[float, ...], opts: dict[str
                 if path is not None and path.exists() and not opts["overwrite"]:
                     outcomes.append(Outcome(job.label, "skipped", str(path), extra=extra))
                 else:
-                    write_output(path, rgb, image, fmt, opts)
+                    write_output(path, rgb, image, fmt, opts, provenance(upscaler, seed, tau))
                     outcomes.append(Outcome(job.label, "ok", str(path), extra=extra))
                 progress.image_done(out_w * out_h)
                 progress.advance_file()

@@ -10,7 +10,8 @@ from typing import Any
 import click
 
 from upscale_cli.cli.batch import (Job, Outcome, Reporter, check_output_usage, destination, existing_output,
-                                   expand_inputs, format_scale, load_model_for_cli, output_options, write_output)
+                                   expand_inputs, format_scale, load_model_for_cli, output_options, provenance,
+                                   write_output)
 from upscale_cli.cli.common import run_guarded
 from upscale_cli.cli.progress import BatchProgress
 from upscale_cli.errors import ExitCode, UpscaleError
@@ -100,7 +101,7 @@ def _process(job: Job, upscaler: Any, opts: dict[str, Any], progress: BatchProgr
         progress.start_image(job.label, image.width * image.height)
         rgb = upscaler.upscale(image.rgb, out_w, out_h, opts["tile"], on_tile=progress.tile_done,
                                warn=lambda m: report.note(f"{job.label}: {m}"), seed=seed, tau=tau)
-        write_output(path, rgb, image, fmt, opts)
+        write_output(path, rgb, image, fmt, opts, provenance(upscaler, seed, tau))
         progress.image_done(out_w * out_h)
         extra["seconds"] = round(time.perf_counter() - started, 3)
         return Outcome(job.label, "ok", shown, extra=extra)
