@@ -77,6 +77,24 @@ def test_checkpoint_files_of_one_architecture_are_told_apart_by_file_name(
     assert row(data, "other_run")["model_path"] == str(other)
 
 
+def test_tta_rows_are_measured_beside_the_plain_ones_and_not_recorded(image_folder: Path, tiny_checkpoint: Path,
+                                                                      tmp_path: Path) -> None:
+    from upscale_cli.checkpoint import read_info
+    from upscale_cli.engine import load_upscaler
+
+    data = quality_json(tmp_path, "--data", str(image_folder), "-m", str(tiny_checkpoint), "--tta", "--record")
+    assert [r["model"] for r in data["results"]] == ["bicubic", "tiny_x4", "tiny_x4+tta"]
+    plain, tta = row(data, "tiny_x4"), row(data, "tiny_x4+tta")
+    assert not plain["tta"] and tta["tta"] and plain["mean"]["psnr_y"] != tta["mean"]["psnr_y"]
+    pair = load_pairs(image_folder, 4)[0]
+    lr = pair.lr.permute(1, 2, 0).numpy()
+    sr = load_upscaler(str(tiny_checkpoint), precision="fp32", tta=True).upscale(lr, lr.shape[1] * 4, lr.shape[0] * 4)
+    expected = psnr(shave(rgb_to_y(quantize(torch.from_numpy(sr).permute(2, 0, 1).double().clamp(0, 1))), 4),
+                    shave(rgb_to_y(pair.hr.double()), 4))
+    assert tta["images"][pair.name]["psnr_y"] == pytest.approx(float(expected), abs=1e-6)
+    assert read_info(tiny_checkpoint).metrics["images"]["psnr_y"] == plain["mean"]["psnr_y"]
+
+
 def test_bicubic_psnr_matches_a_direct_computation(image_folder: Path, tmp_path: Path) -> None:
     data = quality_json(tmp_path, "--data", str(image_folder), "--model", "bicubic")
     expected = []

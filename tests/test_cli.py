@@ -158,6 +158,58 @@ def test_tiled_cli_output_matches_untiled(tmp_path: Path, tiny_checkpoint: Path)
     assert np.abs(untiled - seams).max() > 1  # without overlap the tiles disagree: the option is wired
 
 
+def test_tta_is_the_mean_of_the_network_on_eight_flips_and_rotations(tiny_checkpoint: Path) -> None:
+    """Expected value computed without the engine: numpy turns the input, the bare network upscales, numpy
+    turns the output back; the mean of the 8 must equal --tta (tiled or not), and plain output must not."""
+    import torch
+
+    from upscale_cli.checkpoint import load_model
+    from upscale_cli.engine import load_upscaler
+
+    rgb = smooth_image(22, 27, 2).astype(np.float32) / 255  # not square: odd turns swap height and width
+    network, _ = load_model(tiny_checkpoint)
+    views = []
+    for flip in (False, True):
+        for turns in range(4):
+            view = np.rot90(rgb[:, ::-1] if flip else rgb, turns)
+            with torch.no_grad():
+                out = network(torch.from_numpy(view.transpose(2, 0, 1).copy())[None])[0].permute(1, 2, 0).numpy()
+            out = np.rot90(out, -turns)
+            views.append(out[:, ::-1] if flip else out)
+    expected = np.mean(views, axis=0)
+    tta = load_upscaler(str(tiny_checkpoint), precision="fp32", tta=True, overlap=12)
+    np.testing.assert_allclose(tta.upscale(rgb, 108, 88, "none"), expected, atol=1e-5)
+    ticks: list[tuple[int, int]] = []
+    tiled = tta.upscale(rgb, 108, 88, "16", on_tile=lambda done, total: ticks.append((done, total)))
+    np.testing.assert_allclose(tiled, expected, atol=1e-5)  # tiled (receptive radius 10 < overlap 12): same
+    assert [done for done, _ in ticks] == list(range(1, len(ticks) + 1))  # one count across the 8 views
+    assert {total for _, total in ticks} == {len(ticks)} and len(ticks) % 8 == 0 and len(ticks) > 8
+    plain = load_upscaler(str(tiny_checkpoint), precision="fp32").upscale(rgb, 108, 88, "none")
+    assert np.abs(plain - expected).max() > 1e-3
+
+
+def test_tta_option_writes_the_ensemble_and_refuses_stochastic_models(photo: Path, tiny_checkpoint: Path,
+                                                                      tmp_path: Path) -> None:
+    from upscale_cli.archs.srflow import SRFlow, SRFlowConfig
+    from upscale_cli.checkpoint import CheckpointInfo, config_dict, save_checkpoint
+    from upscale_cli.engine import load_upscaler
+
+    result = invoke(photo, "-m", tiny_checkpoint, "--tta", "--precision", "fp32", "-o", tmp_path / "t.png")
+    assert result.exit_code == 0, result.output
+    expected = load_upscaler(str(tiny_checkpoint), precision="fp32", tta=True).upscale(
+        smooth_image(20, 24, 7).astype(np.float32) / 255, 96, 80)
+    assert np.array_equal(pixels(tmp_path / "t.png"), (expected.clip(0, 1) * 255).round())
+    with Image.open(tmp_path / "t.png") as written:
+        assert written.getexif().get(0x0131) == "upscale 0.1.0; model tiny_x4 x4; fp32; tta"
+    config = SRFlowConfig(scale=4, levels=3, steps=1, hidden=8, encoder_channels=8, encoder_blocks=1,
+                          stack_blocks=(0,), transition_steps=0)
+    flow = tmp_path / "flow_x4.safetensors"
+    save_checkpoint(flow, SRFlow(config), CheckpointInfo("srflow", 4, config_dict(config), name="flow_x4"))
+    refused = CliRunner().invoke(cli, [str(photo), "-m", str(flow), "--tta", "-o", str(tmp_path / "f.png")])
+    assert refused.exit_code == 2 and "--tta is for deterministic models" in refused.output
+    assert not (tmp_path / "f.png").exists()
+
+
 def test_precision_option_changes_arithmetic(photo: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
     from upscale_cli.engine import load_upscaler
 

@@ -108,8 +108,9 @@ def check_output_usage(opts: dict[str, Any]) -> None:
         raise click.UsageError("reading from stdin needs -o FILE or -o - for stdout")
 
 
-def load_model_for_cli(opts: dict[str, Any], report: Reporter, scale: float | None = None) -> Any:
-    """Load the model the options name; a device or precision this machine lacks is a usage error.
+def load_model_for_cli(opts: dict[str, Any], report: Reporter, scale: float | None = None, tta: bool = False) -> Any:
+    """Load the model the options name; a device or precision this machine lacks, or `tta` on a stochastic
+    model, is a usage error.
 
     A precision this machine only emulates (bf16 on a CPU without native bf16) is allowed, with a warning.
     """
@@ -118,7 +119,7 @@ def load_model_for_cli(opts: dict[str, Any], report: Reporter, scale: float | No
 
     try:
         upscaler = load_upscaler(opts["model"], scale, opts["device"], opts["precision"], opts["tile_overlap"],
-                                 opts["threads"])
+                                 opts["threads"], tta)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     if opts["tile"].isdigit() and int(opts["tile"]) <= upscaler.overlap:
@@ -201,6 +202,8 @@ def provenance(upscaler: Any, seed: int, tau: float | None) -> str:
     from upscale_cli import __version__
 
     parts = [f"upscale {__version__}", f"model {upscaler.name} x{upscaler.scale}", upscaler.precision]
+    if upscaler.tta:
+        parts.append("tta")
     if upscaler.stochastic:
         parts += [f"seed {seed}", f"tau {tau:g}"]
     return "; ".join(parts)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -109,6 +110,9 @@ def common_options(function: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--samples", type=click.IntRange(min=1), help="Samples per image for stochastic models (default 4).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Seed of --degrade noise and of stochastic samples.")
+@click.option("--tta", is_flag=True,
+              help="Also measure each deterministic model with the 8-view self-ensemble (`upscale --tta`), "
+                   "as MODEL+tta rows.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Draw PSNR-Y against output MP/s to this PNG (needs matplotlib: pip install 'upscale-cli[plot]').")
 @click.option("--record", is_flag=True,
@@ -186,6 +190,9 @@ def _quality(opts: dict[str, Any]) -> int:
                  for model in models for precision in precisions_for(model, opts["precisions"])]
     for upscaler in upscalers:
         check_tile(upscaler, opts["tile"])
+    if opts["tta"]:
+        upscalers += [replace(u, name=f"{u.name}+tta", tta=True) for u in upscalers
+                      if u.runner is not None and not u.stochastic]
     deterministic = [u.name for u in upscalers if not u.stochastic]
     if (opts["taus"] or opts["samples"]) and deterministic:
         echo_err(f"note: --tau/--samples apply only to stochastic models; {', '.join(dict.fromkeys(deterministic))} "
@@ -201,12 +208,13 @@ def _quality(opts: dict[str, Any]) -> int:
                 rows.append({"dataset": dataset.name, "folder": str(dataset.folder), "lr": dataset.lr_source,
                              "lr_note": dataset.lr_note, "hr_lr_psnr": dataset.hr_lr_psnr, "model": upscaler.name,
                              "model_path": str(upscaler.path) if upscaler.path else None,
-                             "precision": upscaler.precision, "images_count": len(dataset.pairs), **result})
+                             "precision": upscaler.precision, "tta": upscaler.tta,
+                             "images_count": len(dataset.pairs), **result})
     print_table(quality_table(rows, scale))
     settings = {"data": list(opts["data"]), "models": models, "scale": scale,
                 "device": str(upscalers[0].device), "precisions": list(opts["precisions"]), "tile": opts["tile"],
                 "degrade": [d.label for d in opts["degradations"]], "seed": opts["seed"],
-                "tau": list(opts["taus"]) if opts["taus"] else None, "samples": opts["samples"],
+                "tau": list(opts["taus"]) if opts["taus"] else None, "samples": opts["samples"], "tta": opts["tta"],
                 "threads": opts["threads"], "border": scale, "y_channel": "BT.601 (MATLAB rgb2ycbcr)",
                 "ssim_window": "11x11 Gaussian, sigma 1.5", "lr_psnr": "RGB, whole image, MATLAB bicubic of 8-bit SR",
                 "nll_bpd": "density models: -log2 p(HR | LR) / (3 H W), continuous density of [0, 1] RGB with the "
@@ -224,7 +232,7 @@ def _quality(opts: dict[str, Any]) -> int:
 
 
 def record_rows(rows: list[dict[str, Any]]) -> None:
-    """Write each checkpoint's fp32 figures on undegraded data into its metadata, keyed by dataset name."""
+    """Write each checkpoint's fp32 figures on undegraded data (without tta) into its metadata, keyed by dataset name."""
     import shlex
 
     from upscale_cli.bench.quality import figures_key
@@ -233,7 +241,7 @@ def record_rows(rows: list[dict[str, Any]]) -> None:
     command = "upscale " + shlex.join(click.get_current_context().meta.get("argv", ["bench", "quality"]))
     for row in rows:
         undegraded = row["lr"].startswith("LR_x") or row["lr"] == "bicubic"
-        if row["model_path"] is None or row["precision"] != "fp32" or not undegraded:
+        if row["model_path"] is None or row["precision"] != "fp32" or not undegraded or row["tta"]:
             continue
         figures = {**row["mean"], "images": row["images_count"], "lr_files": row["lr_note"], "command": command}
         if row.get("tau") is not None:
