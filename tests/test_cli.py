@@ -451,3 +451,55 @@ def test_a_bug_is_one_line_exit_70_and_verbose_shows_the_traceback(photo: Path, 
     assert "Traceback" not in result.stderr
     verbose = CliRunner().invoke(cli, [str(photo), "-m", "bicubic", "-v"])
     assert verbose.exit_code == 70 and "Traceback" in verbose.stderr
+
+
+# ----- compare ------------------------------------------------------------------------------------
+
+def test_compare_crops_equal_the_whole_image_outputs(tiny_checkpoint: Path) -> None:
+    """Each model runs on the crop plus a margin; where the margin covers its reach, the crop is the
+    whole image's output cut out. With an HR, the labels carry PSNR-Y computed here independently."""
+    from upscale_cli.cli.compare import compare_columns
+    from upscale_cli.engine import load_upscaler
+    from upscale_cli.metrics import psnr, rgb_to_y
+    from upscale_cli.sheets import nearest_resize
+
+    lr = smooth_image(40, 44, 5).astype(np.float32) / 255
+    hr = smooth_image(160, 176, 6).astype(np.float32) / 255
+    upscalers = [load_upscaler("bicubic"), load_upscaler(str(tiny_checkpoint), precision="fp32")]
+    box = (17, 9, 12, 10)
+    columns = compare_columns(lr, box, upscalers, 4, hr[36:76, 68:116], None, 0)
+    assert [name.split()[0] for name, _ in columns] == ["LR", "bicubic", "tiny_x4", "HR"]
+    np.testing.assert_array_equal(columns[0][1], nearest_resize(lr[9:19, 17:29], 48, 40))
+    for (name, cell), upscaler in zip(columns[1:3], upscalers):
+        whole = upscaler.upscale(lr, 176, 160, "none")
+        np.testing.assert_allclose(cell, whole[36:76, 68:116], atol=1e-5)
+        y = [rgb_to_y(torch.from_numpy(a.transpose(2, 0, 1).copy()).double().clamp(0, 1).mul(255).round() / 255)
+             for a in (cell, hr[36:76, 68:116])]
+        assert name.endswith(f" {psnr(*y):.2f} dB")
+    np.testing.assert_array_equal(columns[3][1], hr[36:76, 68:116])
+
+
+def test_compare_writes_one_sheet_and_refuses_what_it_cannot_do(photo: Path, tiny_checkpoint: Path,
+                                                               tmp_path: Path) -> None:
+    Image.fromarray(smooth_image(80, 96, 8)).save(tmp_path / "hr.png")
+    sheet = tmp_path / "sheet.png"
+    args = ["compare", photo, "-m", tiny_checkpoint, "--crop", "2,2,10,8", "--hr", tmp_path / "hr.png",
+            "--precision", "fp32", "-o", sheet]
+    result = invoke(*args)
+    assert result.exit_code == 0, result.output
+    with Image.open(sheet) as written:  # 4 cells of 40x32 (LR, bicubic, tiny_x4, HR) with 4 px gaps, labels above
+        assert written.size == (8 + 4 * (40 + 4) + 4, 14 + 32 + 4 + 4)
+    assert invoke(*args, "--zoom", "2", "--overwrite").exit_code == 0
+    with Image.open(sheet) as zoomed:
+        assert zoomed.size == (8 + 4 * (80 + 4) + 4, 14 + 64 + 4 + 4)
+    before = sheet.read_bytes()
+    again = invoke(*args)
+    assert again.exit_code == 1 and "exists" in again.stderr and sheet.read_bytes() == before
+    outside = invoke("compare", photo, "-m", tiny_checkpoint, "--crop", "20,0,10,8", "-o", tmp_path / "o.png")
+    assert outside.exit_code == 2 and "reaches outside" in outside.output
+    Image.fromarray(smooth_image(40, 96, 8)).save(tmp_path / "small_hr.png")
+    wrong_hr = invoke("compare", photo, "-m", tiny_checkpoint, "--hr", tmp_path / "small_hr.png", "-o", tmp_path / "w.png")
+    assert wrong_hr.exit_code == 1 and "small_hr.png" in wrong_hr.stderr and "not 4x the LR" in wrong_hr.stderr
+    missing = invoke("compare", photo, "-m", tmp_path / "nope.safetensors", "-o", tmp_path / "m.png")
+    assert missing.exit_code == 3
+    assert not any((tmp_path / name).exists() for name in ("o.png", "w.png", "m.png"))

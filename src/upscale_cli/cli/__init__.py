@@ -9,6 +9,7 @@ import click
 
 from upscale_cli import __version__
 from upscale_cli.cli.bench import bench
+from upscale_cli.cli.compare import compare
 from upscale_cli.cli.models import models
 from upscale_cli.cli.sample import sample
 from upscale_cli.cli.train import train
@@ -38,11 +39,12 @@ def cli() -> None:
     \b
     upscale photo.png -x4 --model srgan      (same as: upscale upscale photo.png ...)
     upscale sample lr.png -n 8 --tau 0.8
+    upscale compare photo.png -m srresnet -m srgan --crop 64,0,48,40
     upscale models
     """
 
 
-for command in (upscale, sample, train, bench, models):
+for command in (upscale, sample, compare, train, bench, models):
     cli.add_command(command)
 
 
