@@ -260,12 +260,28 @@ def test_never_overwrites_without_overwrite(photo: Path, tiny_checkpoint: Path, 
     result = invoke(photo, "-m", tiny_checkpoint, "-o", out)
     assert result.exit_code == 1 and "exists (use --overwrite or --skip-existing)" in result.stderr
     assert out.read_bytes() == b"precious"
-    result = invoke(photo, "-m", tiny_checkpoint, "-o", out, "--skip-existing")
-    assert result.exit_code == 0 and out.read_bytes() == b"precious" and "skipped" in result.stderr
+    result = invoke(photo, "-m", tiny_checkpoint, "-o", out, "--skip-existing")  # not an output of these settings
+    assert result.exit_code == 1 and "exists, not made by upscale" in result.stderr and out.read_bytes() == b"precious"
     assert invoke(photo, "-m", tiny_checkpoint, "-o", out, "--overwrite").exit_code == 0
     assert out.read_bytes() != b"precious"
     both = CliRunner().invoke(cli, [str(photo), "--overwrite", "--skip-existing"])
     assert both.exit_code == 2
+
+
+def test_skip_existing_keeps_only_outputs_of_the_same_settings(photo: Path, tiny_checkpoint: Path,
+                                                              tmp_path: Path) -> None:
+    """A resumed batch skips what these settings made (any precision), and refuses to keep what another model
+    or --tta made, naming it; nothing is overwritten without --overwrite."""
+    folder = tmp_path / "out"
+    assert invoke(photo, "-m", tiny_checkpoint, "--precision", "fp32", "-o", folder).exit_code == 0
+    made = (folder / "photo_x4.png").read_bytes()
+    resumed = invoke(photo, "-m", tiny_checkpoint, "--precision", "bf16", "-o", folder, "--skip-existing")
+    assert resumed.exit_code == 0 and "skipped" in resumed.stderr
+    other = invoke(photo, "-m", tiny_checkpoint, "--tta", "-o", folder, "--skip-existing")
+    assert other.exit_code == 1
+    assert "made by 'upscale 0.1.0; model tiny_x4 x4; fp32': not these settings" in other.stderr
+    assert (folder / "photo_x4.png").read_bytes() == made
+    assert invoke(photo, "-m", "bicubic", "-o", folder, "--skip-existing").exit_code == 1
 
 
 def test_dry_run_writes_nothing(photo: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:

@@ -443,10 +443,12 @@ def software_tag(data: bytes) -> str | None:
 
 @pytest.mark.parametrize("fmt,bit_depth", [("png", 8), ("jpg", 8), ("webp", 8), ("tiff", 8), ("png", 16),
                                            ("tiff", 16)])
-def test_software_tag_records_what_made_the_pixels(fmt: str, bit_depth: int) -> None:
+def test_software_tag_records_what_made_the_pixels(fmt: str, bit_depth: int, tmp_path: Path) -> None:
     rgb = random_u8(3, 5, 3).astype(np.float32) / 255
     data = encode_image(rgb, None, fmt, bit_depth=bit_depth, software=SOFTWARE)
     assert software_tag(data) == SOFTWARE
+    (tmp_path / f"o.{fmt}").write_bytes(data)
+    assert image_io.software_tag(tmp_path / f"o.{fmt}") == SOFTWARE  # what --skip-existing reads back
     assert software_tag(encode_image(rgb, None, fmt, bit_depth=bit_depth)) is None
     if fmt in ("png", "tiff"):  # lossless: the tag changes nothing else
         np.testing.assert_array_equal(read_image(data).rgb, read_image(encode_image(rgb, None, fmt,
@@ -467,7 +469,7 @@ def test_software_tag_replaces_the_sources_and_keeps_its_other_tags(fmt: str) ->
             assert tags.get_ifd(0x8769).get(0x9003) == "2020:01:02 03:04:05"
 
 
-def test_software_tag_gives_way_to_a_full_jpeg_exif_segment_and_to_unreadable_exif() -> None:
+def test_software_tag_gives_way_to_a_full_jpeg_exif_segment_and_to_unreadable_exif(tmp_path: Path) -> None:
     exif = Image.Exif()
     exif[0x010E] = "d" * 65_440  # an ImageDescription that leaves too little room in the APP1 segment
     block = exif.tobytes()
@@ -475,6 +477,8 @@ def test_software_tag_gives_way_to_a_full_jpeg_exif_segment_and_to_unreadable_ex
     data = encode_image(np.full((2, 3, 3), 0.25), None, "jpg", exif=block, software=SOFTWARE)
     assert software_tag(data) is None and read_image(data).exif == block
     assert software_tag(encode_image(np.full((2, 3, 3), 0.25), None, "png", exif=block, software=SOFTWARE)) == SOFTWARE
+    (tmp_path / "junk.png").write_bytes(b"not an image")
+    assert image_io.software_tag(tmp_path / "junk.png") is None
     unreadable = b"Exif\x00\x00not a tiff block"
     data = encode_image(np.full((2, 3, 3), 0.25), None, "png", exif=unreadable, software=SOFTWARE)
     assert as_u8(read_image(data).rgb).max() == 64

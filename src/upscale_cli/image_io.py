@@ -108,6 +108,17 @@ def read_image(source: str | os.PathLike | bytes, max_pixels: int = MAX_PIXELS_D
         return _decode(img, data, label)
 
 
+def software_tag(path: str | os.PathLike) -> str | None:
+    """The Software tag of an existing image file (what `encode_image(software=...)` wrote), or None when it
+    has none or cannot be opened. Reads the header and metadata, not the pixels."""
+    try:
+        with _pillow_limit_lifted(), Image.open(path) as img:
+            value = img.getexif().get(_SOFTWARE_TAG)
+    except _DECODE_ERRORS:
+        return None
+    return value if isinstance(value, str) else None
+
+
 def _read_source(source: str | os.PathLike | bytes, label: object) -> bytes:
     """The whole file as bytes (read at once, so the file is closed before decoding starts)."""
     if isinstance(source, (bytes, bytearray)):

@@ -185,15 +185,31 @@ def destination(job: Job, template: str, **fields: Any) -> Path | None:
     return job.out_dir / template.format(stem=stem, **values)
 
 
-def existing_output(path: Path | None, opts: dict[str, Any]) -> bool:
-    """True when `path` exists and --skip-existing says to leave it; an error when neither flag allows it."""
+def existing_output(path: Path | None, opts: dict[str, Any], made_by: str | None = None) -> bool:
+    """True when `path` exists and --skip-existing says to leave it; an error when neither flag allows it.
+
+    With `made_by` (the Software tag this run would write) --skip-existing leaves only outputs made with the
+    same settings (`same_settings`): a resumed batch never keeps results of another model, seed or tau. An
+    output made otherwise is an error naming what made it, and stays untouched.
+    """
     if path is None or not path.exists():
         return False
     if opts["skip_existing"]:
-        return True
+        if made_by is None:
+            return True
+        from upscale_cli.image_io import software_tag
+
+        found = software_tag(path)
+        if same_settings(found, made_by):
+            return True
+        origin = f"made by '{found}'" if found else "not made by upscale"
+        raise ImageWriteError(path, f"exists, {origin}: not these settings (use --overwrite to redo it)")
     if not opts["overwrite"]:
         raise ImageWriteError(path, "exists (use --overwrite or --skip-existing)")
     return False
+
+
+PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 def provenance(upscaler: Any, seed: int, tau: float | None) -> str:
@@ -207,6 +223,16 @@ def provenance(upscaler: Any, seed: int, tau: float | None) -> str:
     if upscaler.stochastic:
         parts += [f"seed {seed}", f"tau {tau:g}"]
     return "; ".join(parts)
+
+
+def same_settings(found: str | None, expected: str) -> bool:
+    """Whether two `provenance` tags name the same model, tta, seed and tau. The program version and the
+    precision may differ: they change the arithmetic, not the result a user asked for."""
+    def settings(tag: str) -> list[str] | None:
+        program, *parts = tag.split("; ")
+        return [p for p in parts if p not in PRECISIONS] if program.startswith("upscale ") else None
+
+    return found is not None and settings(found) is not None and settings(found) == settings(expected)
 
 
 def write_output(path: Path | None, rgb: Any, image: Any, fmt: str, opts: dict[str, Any], software: str) -> None:

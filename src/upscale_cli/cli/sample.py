@@ -108,7 +108,8 @@ def _sample_one(job: Job, upscaler: Any, taus: tuple[float, ...], opts: dict[str
                                    ext=extension(fmt).lstrip("."), seed=seed, tau=f"{tau:g}", i=i)
                 extra = {"model": upscaler.name, "tau": tau, "seed": seed, "width": out_w, "height": out_h}
                 needs_pixels = bool(opts["grid"] or opts["std_map"])
-                if existing_output(path, opts) and not needs_pixels:
+                made_by = provenance(upscaler, seed, tau)
+                if existing_output(path, opts, made_by) and not needs_pixels:
                     outcomes.append(Outcome(job.label, "skipped", str(path), extra=extra))
                     progress.advance_file()
                     continue
@@ -123,7 +124,7 @@ def _sample_one(job: Job, upscaler: Any, taus: tuple[float, ...], opts: dict[str
                 if path is not None and path.exists() and not opts["overwrite"]:
                     outcomes.append(Outcome(job.label, "skipped", str(path), extra=extra))
                 else:
-                    write_output(path, rgb, image, fmt, opts, provenance(upscaler, seed, tau))
+                    write_output(path, rgb, image, fmt, opts, made_by)
                     outcomes.append(Outcome(job.label, "ok", str(path), extra=extra))
                 progress.image_done(out_w * out_h)
                 progress.advance_file()

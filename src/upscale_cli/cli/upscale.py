@@ -98,14 +98,15 @@ def _process(job: Job, upscaler: Any, opts: dict[str, Any], progress: BatchProgr
                  "scale": round(out_w / image.width, 4)}
         if upscaler.stochastic:
             extra.update(seed=seed, tau=tau)
-        if existing_output(path, opts):
+        made_by = provenance(upscaler, seed, tau)
+        if existing_output(path, opts, made_by):
             return Outcome(job.label, "skipped", shown, extra=extra)
         if opts["dry_run"]:
             return Outcome(job.label, "dry-run", shown, extra=extra)
         progress.start_image(job.label, image.width * image.height)
         rgb = upscaler.upscale(image.rgb, out_w, out_h, opts["tile"], on_tile=progress.tile_done,
                                warn=lambda m: report.note(f"{job.label}: {m}"), seed=seed, tau=tau)
-        write_output(path, rgb, image, fmt, opts, provenance(upscaler, seed, tau))
+        write_output(path, rgb, image, fmt, opts, made_by)
         progress.image_done(out_w * out_h)
         extra["seconds"] = round(time.perf_counter() - started, 3)
         return Outcome(job.label, "ok", shown, extra=extra)
