@@ -77,13 +77,15 @@ def test_checkpoint_files_of_one_architecture_are_told_apart_by_file_name(
     assert row(data, "other_run")["model_path"] == str(other)
 
 
-def test_tta_rows_are_measured_beside_the_plain_ones_and_not_recorded(image_folder: Path, tiny_checkpoint: Path,
-                                                                      tmp_path: Path) -> None:
+def test_tta_and_color_fix_rows_are_measured_beside_the_plain_ones_and_not_recorded(
+        image_folder: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
     from upscale_cli.checkpoint import read_info
     from upscale_cli.engine import load_upscaler
 
-    data = quality_json(tmp_path, "--data", str(image_folder), "-m", str(tiny_checkpoint), "--tta", "--record")
-    assert [r["model"] for r in data["results"]] == ["bicubic", "tiny_x4", "tiny_x4+tta"]
+    data = quality_json(tmp_path, "--data", str(image_folder), "-m", str(tiny_checkpoint), "--tta", "--color-fix",
+                        "--record")
+    assert [r["model"] for r in data["results"]] == ["bicubic", "tiny_x4", "tiny_x4+tta", "tiny_x4+color-fix"]
+    assert row(data, "tiny_x4+color-fix")["mean"]["lr_psnr"] > row(data, "tiny_x4")["mean"]["lr_psnr"] + 3
     plain, tta = row(data, "tiny_x4"), row(data, "tiny_x4+tta")
     assert not plain["tta"] and tta["tta"] and plain["mean"]["psnr_y"] != tta["mean"]["psnr_y"]
     pair = load_pairs(image_folder, 4)[0]

@@ -4,6 +4,8 @@
 passes as a requested factor needs, and resamples to the exact target size with Lanczos. With `tta`
 a deterministic model runs on the 8 flips and rotations of its input and the results are averaged
 (the self-ensemble of Lim et al. 2017: 8x the time for a small PSNR gain; `upscale bench quality --tta`).
+With `color_fix` the output's content at the input's scale (colour, brightness, shading) is matched to
+the input by one back-projection step (`color_fix`).
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ class Upscaler:
     default_tau: float | None = None
     nll: Callable[..., float] | None = None  # density models: (hr, lr, seed=) -> NLL in bits/dim
     tta: bool = False  # average the 8 flips and rotations (deterministic models only)
+    color_fix: bool = False  # back-project the input's low frequencies into the output
 
     @property
     def stochastic(self) -> bool:
@@ -98,8 +101,11 @@ class Upscaler:
         height, width = image.shape[-2:]
         factor = max(out_width / width, out_height / height)
         passes = max(1, math.ceil(math.log(factor) / math.log(self.scale) - 1e-9)) if factor > 1 else 1
+        source = image
         for _ in range(passes):
             image = self._tiled_pass(runner, image, tile_spec, on_tile, warn)
+        if self.color_fix:
+            image = color_fix(image, source)
         result = image[0].permute(1, 2, 0).numpy()
         if result.shape[:2] != (out_height, out_width):
             result = lanczos_resize(result, out_width, out_height)
@@ -119,6 +125,14 @@ class Upscaler:
             total = out if total is None else total.add_(out)
         assert total is not None
         return total.div_(len(views)) if len(views) > 1 else total
+
+
+def color_fix(sr: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
+    """One back-projection step (Irani and Peleg 1991): add to `sr` the upscaled difference between `lr` and
+    `sr` shrunk to its size (MATLAB bicubic both ways). Colour and brightness drift at the input's scale
+    goes; detail finer than the input's pixels stays. Sizes are (..., H, W); any ratio works."""
+    shrunk = imresize(sr, size=tuple(lr.shape[-2:]))
+    return sr + imresize(lr - shrunk, size=tuple(sr.shape[-2:])).to(sr.dtype)
 
 
 DIHEDRAL_VIEWS = tuple((turns, flip) for flip in (False, True) for turns in range(4))  # identity first
@@ -141,7 +155,8 @@ def _report_view(on_tile: Callable[[int, int], None], index: int, views: int, do
 
 
 def load_upscaler(model: str, scale: float | None = None, device: str = "auto", precision: str = "auto",
-                  overlap: int | None = None, threads: int | None = None, tta: bool = False) -> Upscaler:
+                  overlap: int | None = None, threads: int | None = None, tta: bool = False,
+                  color_fix: bool = False) -> Upscaler:
     """Load `model` (a name, `bicubic`, or a .safetensors path) onto `device` at `precision`.
 
     `tta` (the 8-view self-ensemble) is refused for stochastic models: averaging views of samples would
@@ -180,4 +195,5 @@ def load_upscaler(model: str, scale: float | None = None, device: str = "auto", 
         default_tau=arch.default_tau,
         nll=nll,
         tta=tta,
+        color_fix=color_fix,
     )

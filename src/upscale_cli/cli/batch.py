@@ -108,7 +108,8 @@ def check_output_usage(opts: dict[str, Any]) -> None:
         raise click.UsageError("reading from stdin needs -o FILE or -o - for stdout")
 
 
-def load_model_for_cli(opts: dict[str, Any], report: Reporter, scale: float | None = None, tta: bool = False) -> Any:
+def load_model_for_cli(opts: dict[str, Any], report: Reporter, scale: float | None = None, tta: bool = False,
+                       color_fix: bool = False) -> Any:
     """Load the model the options name; a device or precision this machine lacks, or `tta` on a stochastic
     model, is a usage error.
 
@@ -119,7 +120,7 @@ def load_model_for_cli(opts: dict[str, Any], report: Reporter, scale: float | No
 
     try:
         upscaler = load_upscaler(opts["model"], scale, opts["device"], opts["precision"], opts["tile_overlap"],
-                                 opts["threads"], tta)
+                                 opts["threads"], tta, color_fix)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     if opts["tile"].isdigit() and int(opts["tile"]) <= upscaler.overlap:
@@ -220,13 +221,15 @@ def provenance(upscaler: Any, seed: int, tau: float | None) -> str:
     parts = [f"upscale {__version__}", f"model {upscaler.name} x{upscaler.scale}", upscaler.precision]
     if upscaler.tta:
         parts.append("tta")
+    if upscaler.color_fix:
+        parts.append("color-fix")
     if upscaler.stochastic:
         parts += [f"seed {seed}", f"tau {tau:g}"]
     return "; ".join(parts)
 
 
 def same_settings(found: str | None, expected: str) -> bool:
-    """Whether two `provenance` tags name the same model, tta, seed and tau. The program version and the
+    """Whether two `provenance` tags name the same model, tta, color-fix, seed and tau. The program version and the
     precision may differ: they change the arithmetic, not the result a user asked for."""
     def settings(tag: str) -> list[str] | None:
         program, *parts = tag.split("; ")

@@ -113,6 +113,8 @@ def common_options(function: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--tta", is_flag=True,
               help="Also measure each deterministic model with the 8-view self-ensemble (`upscale --tta`), "
                    "as MODEL+tta rows.")
+@click.option("--color-fix", is_flag=True,
+              help="Also measure each model with `upscale --color-fix`, as MODEL+color-fix rows.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Draw PSNR-Y against output MP/s to this PNG (needs matplotlib: pip install 'upscale-cli[plot]').")
 @click.option("--record", is_flag=True,
@@ -171,6 +173,13 @@ def model_list(requested: tuple[str, ...]) -> list[str]:
     return [BICUBIC, *(m for m in dict.fromkeys(models) if m != BICUBIC)]
 
 
+def variants(upscalers: list[Any], opts: dict[str, Any]) -> list[Any]:
+    """The extra rows --tta (deterministic networks) and --color-fix (any network) ask for."""
+    networks = [u for u in upscalers if u.runner is not None]
+    extra = [replace(u, name=f"{u.name}+tta", tta=True) for u in networks if opts["tta"] and not u.stochastic]
+    return extra + [replace(u, name=f"{u.name}+color-fix", color_fix=True) for u in networks if opts["color_fix"]]
+
+
 def _quality(opts: dict[str, Any]) -> int:
     from upscale_cli.bench.quality import (DEFAULT_SAMPLES, check_tile, evaluate_upscaler,
                                            load_dataset, open_upscaler, precisions_for)
@@ -190,9 +199,7 @@ def _quality(opts: dict[str, Any]) -> int:
                  for model in models for precision in precisions_for(model, opts["precisions"])]
     for upscaler in upscalers:
         check_tile(upscaler, opts["tile"])
-    if opts["tta"]:
-        upscalers += [replace(u, name=f"{u.name}+tta", tta=True) for u in upscalers
-                      if u.runner is not None and not u.stochastic]
+    upscalers += variants(upscalers, opts)
     deterministic = [u.name for u in upscalers if not u.stochastic]
     if (opts["taus"] or opts["samples"]) and deterministic:
         echo_err(f"note: --tau/--samples apply only to stochastic models; {', '.join(dict.fromkeys(deterministic))} "
@@ -209,12 +216,14 @@ def _quality(opts: dict[str, Any]) -> int:
                              "lr_note": dataset.lr_note, "hr_lr_psnr": dataset.hr_lr_psnr, "model": upscaler.name,
                              "model_path": str(upscaler.path) if upscaler.path else None,
                              "precision": upscaler.precision, "tta": upscaler.tta,
+                             "color_fix": upscaler.color_fix,
                              "images_count": len(dataset.pairs), **result})
     print_table(quality_table(rows, scale))
     settings = {"data": list(opts["data"]), "models": models, "scale": scale,
                 "device": str(upscalers[0].device), "precisions": list(opts["precisions"]), "tile": opts["tile"],
                 "degrade": [d.label for d in opts["degradations"]], "seed": opts["seed"],
                 "tau": list(opts["taus"]) if opts["taus"] else None, "samples": opts["samples"], "tta": opts["tta"],
+                "color_fix": opts["color_fix"],
                 "threads": opts["threads"], "border": scale, "y_channel": "BT.601 (MATLAB rgb2ycbcr)",
                 "ssim_window": "11x11 Gaussian, sigma 1.5", "lr_psnr": "RGB, whole image, MATLAB bicubic of 8-bit SR",
                 "nll_bpd": "density models: -log2 p(HR | LR) / (3 H W), continuous density of [0, 1] RGB with the "
@@ -232,7 +241,8 @@ def _quality(opts: dict[str, Any]) -> int:
 
 
 def record_rows(rows: list[dict[str, Any]]) -> None:
-    """Write each checkpoint's fp32 figures on undegraded data (without tta) into its metadata, keyed by dataset name."""
+    """Write each checkpoint's fp32 figures on undegraded data (plain: no tta or color-fix) into its metadata,
+    keyed by dataset name."""
     import shlex
 
     from upscale_cli.bench.quality import figures_key
@@ -241,7 +251,8 @@ def record_rows(rows: list[dict[str, Any]]) -> None:
     command = "upscale " + shlex.join(click.get_current_context().meta.get("argv", ["bench", "quality"]))
     for row in rows:
         undegraded = row["lr"].startswith("LR_x") or row["lr"] == "bicubic"
-        if row["model_path"] is None or row["precision"] != "fp32" or not undegraded or row["tta"]:
+        plain = not (row["tta"] or row["color_fix"])
+        if row["model_path"] is None or row["precision"] != "fp32" or not undegraded or not plain:
             continue
         figures = {**row["mean"], "images": row["images_count"], "lr_files": row["lr_note"], "command": command}
         if row.get("tau") is not None:

@@ -30,6 +30,9 @@ DEFAULT_NAME = "{stem}_x{scale}.{ext}"
 @click.option("--tta", is_flag=True,
               help="Average the model's output over the 8 flips and rotations of the input: 8x the time, "
                    "slightly higher PSNR (deterministic models).")
+@click.option("--color-fix", is_flag=True,
+              help="Match the output's colour and brightness at the input's scale to the input "
+                   "(one bicubic back-projection step); finer detail is kept.")
 @output_options(DEFAULT_NAME)
 def upscale(**opts: Any) -> None:
     """Upscale images: files, folders (-r for subfolders), glob patterns, or '-' for stdin.
@@ -61,12 +64,13 @@ def _run(opts: dict[str, Any]) -> int:
     for outcome in outcomes:
         report.add(outcome)
     if jobs:
-        upscaler = load_model_for_cli(opts, report, opts["scale"], opts["tta"])
+        upscaler = load_model_for_cli(opts, report, opts["scale"], opts["tta"], opts["color_fix"])
         for flag in ("seed", "tau"):
             if opts[flag] is not None and not upscaler.stochastic:
                 report.note(f"--{flag} has no effect on {upscaler.name}: the model is deterministic")
         report.note(f"{upscaler.name} (x{upscaler.scale}) on {upscaler.device}, {upscaler.precision}, "
-                    f"tile {opts['tile']}, overlap {upscaler.overlap}{', 8-view tta' if upscaler.tta else ''}; "
+                    f"tile {opts['tile']}, overlap {upscaler.overlap}{', 8-view tta' if upscaler.tta else ''}"
+                    f"{', color-fix' if upscaler.color_fix else ''}; "
                     f"{len(jobs)} image(s)")
         with BatchProgress(len(jobs), enabled=report.show_progress) as progress:
             report.say = progress.print
