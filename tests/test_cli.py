@@ -547,6 +547,9 @@ def test_compare_writes_one_sheet_and_refuses_what_it_cannot_do(photo: Path, tin
     assert invoke(*args, "--zoom", "2", "--overwrite").exit_code == 0
     with Image.open(sheet) as zoomed:
         assert zoomed.size == (8 + 4 * (80 + 4) + 4, 14 + 64 + 4 + 4)
+    assert invoke(*args, "--tta", "--color-fix", "--overwrite").exit_code == 0  # + tiny_x4+tta, tiny_x4+color-fix
+    with Image.open(sheet) as variants:
+        assert variants.size == (8 + 6 * (40 + 4) + 4, 14 + 32 + 4 + 4)
     before = sheet.read_bytes()
     again = invoke(*args)
     assert again.exit_code == 1 and "exists" in again.stderr and sheet.read_bytes() == before

@@ -11,7 +11,7 @@ the input by one back-projection step (`color_fix`).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Callable
@@ -125,6 +125,14 @@ class Upscaler:
             total = out if total is None else total.add_(out)
         assert total is not None
         return total.div_(len(views)) if len(views) > 1 else total
+
+
+def variants(upscalers: list[Upscaler], tta: bool = False, color_fix: bool = False) -> list[Upscaler]:
+    """Copies named MODEL+tta (deterministic networks) and MODEL+color-fix (any network), to show beside
+    the plain models in benchmarks and comparison sheets."""
+    networks = [u for u in upscalers if u.runner is not None]
+    extra = [replace(u, name=f"{u.name}+tta", tta=True) for u in networks if tta and not u.stochastic]
+    return extra + [replace(u, name=f"{u.name}+color-fix", color_fix=True) for u in networks if color_fix]
 
 
 def color_fix(sr: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:

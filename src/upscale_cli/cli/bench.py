@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -173,16 +172,10 @@ def model_list(requested: tuple[str, ...]) -> list[str]:
     return [BICUBIC, *(m for m in dict.fromkeys(models) if m != BICUBIC)]
 
 
-def variants(upscalers: list[Any], opts: dict[str, Any]) -> list[Any]:
-    """The extra rows --tta (deterministic networks) and --color-fix (any network) ask for."""
-    networks = [u for u in upscalers if u.runner is not None]
-    extra = [replace(u, name=f"{u.name}+tta", tta=True) for u in networks if opts["tta"] and not u.stochastic]
-    return extra + [replace(u, name=f"{u.name}+color-fix", color_fix=True) for u in networks if opts["color_fix"]]
-
-
 def _quality(opts: dict[str, Any]) -> int:
     from upscale_cli.bench.quality import (DEFAULT_SAMPLES, check_tile, evaluate_upscaler,
                                            load_dataset, open_upscaler, precisions_for)
+    from upscale_cli.engine import variants
     from upscale_cli.bench.report import (describe_environment, environment, plot_quality_speed, print_table,
                                           quality_table, require_matplotlib, write_json)
 
@@ -199,7 +192,7 @@ def _quality(opts: dict[str, Any]) -> int:
                  for model in models for precision in precisions_for(model, opts["precisions"])]
     for upscaler in upscalers:
         check_tile(upscaler, opts["tile"])
-    upscalers += variants(upscalers, opts)
+    upscalers += variants(upscalers, tta=opts["tta"], color_fix=opts["color_fix"])
     deterministic = [u.name for u in upscalers if not u.stochastic]
     if (opts["taus"] or opts["samples"]) and deterministic:
         echo_err(f"note: --tau/--samples apply only to stochastic models; {', '.join(dict.fromkeys(deterministic))} "

@@ -41,6 +41,8 @@ def crop_box(ctx: click.Context, param: click.Parameter, value: str | None) -> t
               help="The true high-resolution image: adds an HR column and each output's PSNR-Y on the crop.")
 @click.option("--zoom", type=click.IntRange(1, 8), default=1, show_default=True,
               help="Enlarge every cell this many times with nearest neighbour, so texture shows unsmoothed.")
+@click.option("--tta", is_flag=True, help="Also show each deterministic model with `upscale --tta`.")
+@click.option("--color-fix", is_flag=True, help="Also show each model with `upscale --color-fix`.")
 @click.option("--tau", type=click.FloatRange(0, 2), help="Temperature for stochastic models (default: the model's).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed for stochastic models.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
@@ -60,7 +62,7 @@ def compare(**opts: Any) -> None:
 
 def _run(opts: dict[str, Any]) -> int:
     from upscale_cli.cli.bench import model_list
-    from upscale_cli.engine import load_upscaler
+    from upscale_cli.engine import load_upscaler, variants
     from upscale_cli.image_io import encode_image, read_image, write_image
     from upscale_cli.sheets import contact_sheet, nearest_resize
 
@@ -73,6 +75,7 @@ def _run(opts: dict[str, Any]) -> int:
                      for m in model_list(opts["models"])]
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
+    upscalers += variants(upscalers, tta=opts["tta"], color_fix=opts["color_fix"])
     scale = max(u.scale for u in upscalers)
     box = opts["crop"] or centre_box(lr.shape[1], lr.shape[0])
     check_box(box, lr.shape[1], lr.shape[0], opts["image"])
