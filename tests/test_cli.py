@@ -323,6 +323,25 @@ def test_skip_existing_keeps_only_outputs_of_the_same_settings(photo: Path, tiny
     assert invoke(photo, "-m", "bicubic", "-o", folder, "--skip-existing").exit_code == 1
 
 
+def test_an_output_too_large_for_free_memory_fails_alone_before_running(tmp_path: Path, tiny_checkpoint: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from upscale_cli import engine
+
+    monkeypatch.setattr(engine, "available_memory", lambda device: 5 * 2**20)  # 5 MiB free
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray(smooth_image(20, 24, 1)).save(folder / "small.png")  # 96 x 80 out: 3 x 0.09 MiB
+    Image.fromarray(smooth_image(100, 120, 2)).save(folder / "large.png")  # 480 x 400 out: 3 x 2.2 MiB
+    result = invoke(folder, "-m", tiny_checkpoint, "--tile", "none", "-o", tmp_path / "out")
+    assert result.exit_code == 1
+    assert "large_x4.png: a 480 x 400 output needs about 6.6 MiB of memory and 5.0 MiB is free" in result.stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["small_x4.png"]
+    # x8 from an x4 model runs it twice: the 16x intermediate is what must fit
+    upscaler = engine.load_upscaler(str(tiny_checkpoint))
+    assert upscaler.memory_problem(20, 24, 160, 192) is None  # 320 x 384 intermediate: 3 x 1.4 MiB
+    assert upscaler.memory_problem(40, 40, 320, 320) is not None  # 640 x 640 intermediate: 3 x 4.7 MiB
+
+
 def test_dry_run_writes_nothing(photo: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
     result = invoke(photo, "-m", tiny_checkpoint, "-o", tmp_path / "o", "--dry-run")
     assert result.exit_code == 0 and "would write" in result.stderr and "photo_x4.png" in result.stderr

@@ -14,7 +14,7 @@ from upscale_cli.cli.batch import (Job, Outcome, Reporter, check_output_usage, d
                                    write_output)
 from upscale_cli.cli.common import run_guarded
 from upscale_cli.cli.progress import BatchProgress
-from upscale_cli.errors import ExitCode, UpscaleError
+from upscale_cli.errors import ExitCode, ImageWriteError, UpscaleError
 
 DEFAULT_NAME = "{stem}_tau{tau}_seed{seed}.{ext}"
 
@@ -100,6 +100,9 @@ def _sample_one(job: Job, upscaler: Any, taus: tuple[float, ...], opts: dict[str
         image = read_image(job.source, max_pixels=opts["max_pixels"], name=job.label)
         out_w, out_h = image.width * upscaler.scale, image.height * upscaler.scale
         fmt = output_format(opts["fmt"], image.format, image.alpha is not None)
+        problem = upscaler.memory_problem(image.width, image.height, out_w, out_h)
+        if problem:
+            raise ImageWriteError(job.label, problem)
         drawn: dict[float, list[np.ndarray]] = {}
         for tau in taus:
             for i in range(opts["samples"]):

@@ -14,7 +14,7 @@ from upscale_cli.cli.batch import (Job, Outcome, Reporter, check_output_usage, d
                                    write_output)
 from upscale_cli.cli.common import run_guarded
 from upscale_cli.cli.progress import BatchProgress
-from upscale_cli.errors import ExitCode, UpscaleError
+from upscale_cli.errors import ExitCode, ImageWriteError, UpscaleError
 
 DEFAULT_NAME = "{stem}_x{scale}.{ext}"
 
@@ -107,6 +107,9 @@ def _process(job: Job, upscaler: Any, opts: dict[str, Any], progress: BatchProgr
             return Outcome(job.label, "skipped", shown, extra=extra)
         if opts["dry_run"]:
             return Outcome(job.label, "dry-run", shown, extra=extra)
+        problem = upscaler.memory_problem(image.width, image.height, out_w, out_h)
+        if problem:
+            raise ImageWriteError(shown, problem)
         progress.start_image(job.label, image.width * image.height)
         rgb = upscaler.upscale(image.rgb, out_w, out_h, opts["tile"], on_tile=progress.tile_done,
                                warn=lambda m: report.note(f"{job.label}: {m}"), seed=seed, tau=tau)
