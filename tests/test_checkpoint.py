@@ -105,3 +105,19 @@ def test_pickle_files_are_never_unpickled(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="not a safetensors file"):
         load_model(path)
     assert not marker.exists()
+
+
+def test_weights_digest_names_the_tensors_not_the_metadata(tmp_path: Path) -> None:
+    from upscale_cli.checkpoint import record_metrics, weights_digest
+
+    config = SRResNetConfig(scale=4, channels=8, blocks=1)
+    torch.manual_seed(0)
+    a, b = SRResNet(config), SRResNet(config)
+    info = CheckpointInfo("srresnet", 4, config_dict(config), name="d_x4")
+    save_checkpoint(tmp_path / "a.safetensors", a, info)
+    save_checkpoint(tmp_path / "b.safetensors", b, info)
+    before = weights_digest(tmp_path / "a.safetensors")
+    assert len(before) == 8 and before != weights_digest(tmp_path / "b.safetensors")
+    record_metrics(tmp_path / "a.safetensors", "Set5", {"psnr_y": 30.0})
+    assert read_info(tmp_path / "a.safetensors").metrics["Set5"]["psnr_y"] == 30.0
+    assert weights_digest(tmp_path / "a.safetensors") == before

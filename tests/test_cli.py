@@ -200,7 +200,7 @@ def test_tta_option_writes_the_ensemble_and_refuses_stochastic_models(photo: Pat
         smooth_image(20, 24, 7).astype(np.float32) / 255, 96, 80)
     assert np.array_equal(pixels(tmp_path / "t.png"), (expected.clip(0, 1) * 255).round())
     with Image.open(tmp_path / "t.png") as written:
-        assert written.getexif().get(0x0131) == "upscale 0.1.0; model tiny_x4 x4; fp32; tta"
+        assert written.getexif().get(0x0131) == expected_tag(tiny_checkpoint, "tiny_x4", "96x80; tta; fp32")
     config = SRFlowConfig(scale=4, levels=3, steps=1, hidden=8, encoder_channels=8, encoder_blocks=1,
                           stack_blocks=(0,), transition_steps=0)
     flow = tmp_path / "flow_x4.safetensors"
@@ -246,7 +246,7 @@ def test_color_fix_option_is_wired_and_recorded(photo: Path, tiny_checkpoint: Pa
                          torch.from_numpy(rgb.transpose(2, 0, 1).copy())[None])[0].permute(1, 2, 0).numpy()
     assert np.abs(pixels(tmp_path / "c.png") - (expected.clip(0, 1) * 255).round()).max() <= 1
     with Image.open(tmp_path / "c.png") as written:
-        assert written.getexif().get(0x0131) == "upscale 0.1.0; model tiny_x4 x4; fp32; color-fix"
+        assert written.getexif().get(0x0131) == expected_tag(tiny_checkpoint, "tiny_x4", "96x80; color-fix; fp32")
 
 
 def test_precision_option_changes_arithmetic(photo: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
@@ -318,9 +318,32 @@ def test_skip_existing_keeps_only_outputs_of_the_same_settings(photo: Path, tiny
     assert resumed.exit_code == 0 and "skipped" in resumed.stderr
     other = invoke(photo, "-m", tiny_checkpoint, "--tta", "-o", folder, "--skip-existing")
     assert other.exit_code == 1
-    assert "made by 'upscale 0.1.0; model tiny_x4 x4; fp32': not these settings" in other.stderr
+    made_by = expected_tag(tiny_checkpoint, "tiny_x4", "96x80; fp32")
+    assert f"made by {made_by!r}: not these settings" in other.stderr
     assert (folder / "photo_x4.png").read_bytes() == made
     assert invoke(photo, "-m", "bicubic", "-o", folder, "--skip-existing").exit_code == 1
+    bigger = invoke(photo, "-m", tiny_checkpoint, "-x", "2", "--name", "photo_x4.png", "-o", folder, "--skip-existing")
+    assert bigger.exit_code == 1  # same name, another output size
+    retrained = tmp_path / "retrained.safetensors"  # same metadata name, other weights
+    data = bytearray(tiny_checkpoint.read_bytes())
+    data[-4:] = b"\x00\x00\x80\x3f"  # the last float32 of the tensor data becomes 1.0
+    retrained.write_bytes(bytes(data))
+    assert invoke(photo, "-m", retrained, "-o", folder, "--skip-existing").exit_code == 1
+    assert (folder / "photo_x4.png").read_bytes() == made
+
+
+def test_skip_existing_matches_a_model_named_outside_ascii(photo: Path, tmp_path: Path) -> None:
+    from upscale_cli.archs.srresnet import SRResNet, SRResNetConfig
+    from upscale_cli.checkpoint import CheckpointInfo, config_dict, save_checkpoint
+
+    config = SRResNetConfig(scale=4, channels=8, blocks=1)
+    path = tmp_path / "caf\u00e9.safetensors"
+    save_checkpoint(path, SRResNet(config), CheckpointInfo("srresnet", 4, config_dict(config), name="caf\u00e9_x4"))
+    assert invoke(photo, "-m", path, "-o", tmp_path / "out.png").exit_code == 0
+    with Image.open(tmp_path / "out.png") as written:
+        assert "model caf\\xe9_x4 x4 #" in written.getexif().get(0x0131)  # escaped, not "?"
+    again = invoke(photo, "-m", path, "-o", tmp_path / "out.png", "--skip-existing")
+    assert again.exit_code == 0 and "skipped" in again.stderr
 
 
 def test_an_output_too_large_for_free_memory_fails_alone_before_running(tmp_path: Path, tiny_checkpoint: Path,
@@ -368,13 +391,27 @@ def test_seed_on_a_deterministic_model_says_it_has_no_effect(photo: Path, tiny_c
     assert result.exit_code == 0 and "--seed has no effect" in result.stderr
 
 
+def expected_tag(checkpoint: Path, name: str, rest: str) -> str:
+    """The Software tag upscale writes, with the weights digest computed here from the file's tensor bytes."""
+    import hashlib
+
+    from upscale_cli import __version__
+
+    data = checkpoint.read_bytes()
+    digest = hashlib.sha256(data[8 + int.from_bytes(data[:8], "little"):]).hexdigest()[:8]
+    return f"upscale {__version__}; model {name} x4 #{digest}; {rest}"
+
+
 def test_output_says_what_made_it(photo: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
-    """The Software tag names program, model, scale and precision (no seed or tau: the model is deterministic)."""
+    """The Software tag names program, weights, output size and precision (no seed or tau: deterministic)."""
     for fmt in ("png", "jpg"):
         assert invoke(photo, "-m", tiny_checkpoint, "--precision", "fp32", "--format", fmt,
                       "-o", tmp_path / f"out.{fmt}").exit_code == 0
         with Image.open(tmp_path / f"out.{fmt}") as written:
-            assert written.getexif().get(0x0131) == "upscale 0.1.0; model tiny_x4 x4; fp32"
+            assert written.getexif().get(0x0131) == expected_tag(tiny_checkpoint, "tiny_x4", "96x80; fp32")
+    assert invoke(photo, "-m", tiny_checkpoint, "-x2", "-o", tmp_path / "half.png").exit_code == 0
+    with Image.open(tmp_path / "half.png") as written:
+        assert "; 48x40; " in written.getexif().get(0x0131)
 
 
 def test_max_pixels_refuses_large_inputs(photo: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:

@@ -517,7 +517,7 @@ def test_engine_and_cli_sample_srflow_by_seed_and_tau(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     with Image.open(tmp_path / "out" / "lr_t0.8_s5.png") as written:
         assert np.array_equal(np.asarray(written), (first.clip(0, 1) * 255).round().astype(np.uint8))
-        assert written.getexif().get(0x0131) == "upscale 0.1.0; model flow_x4 x4; fp32; seed 5; tau 0.8"
+        assert written.getexif().get(0x0131).endswith("; 104x84; fp32; seed 5; tau 0.8")
 
 
 def test_sample_command_writes_seeds_taus_grid_and_std_map(tmp_path: Path) -> None:
@@ -545,7 +545,7 @@ def test_sample_command_writes_seeds_taus_grid_and_std_map(tmp_path: Path) -> No
     assert np.array_equal(load("lr_tau0_seed0.png"), load("lr_tau0_seed2.png"))  # tau 0 is deterministic
     assert not np.array_equal(load("lr_tau0.8_seed0.png"), load("lr_tau0.8_seed1.png"))  # seeds differ
     with Image.open(tmp_path / "s" / "lr_tau0.8_seed2.png") as sample:  # each sample says how to draw it again
-        assert sample.getexif().get(0x0131) == "upscale 0.1.0; model flow_x4 x4; fp32; seed 2; tau 0.8"
+        assert sample.getexif().get(0x0131).endswith("; 56x48; fp32; seed 2; tau 0.8")
     with Image.open(tmp_path / "grid.png") as grid:
         assert grid.width > 5 * 56 and grid.height > 2 * 48  # 5 columns (3 samples, bicubic, LR), 2 rows
     with Image.open(tmp_path / "std.png") as std:
@@ -554,6 +554,8 @@ def test_sample_command_writes_seeds_taus_grid_and_std_map(tmp_path: Path) -> No
     assert summary["ok"] == 8 and summary["failed"] == 0
     again = CliRunner().invoke(cli, ["sample", *args])  # the outputs exist now: nothing is overwritten
     assert again.exit_code == 1 and "exists" in again.output
+    resumed = CliRunner().invoke(cli, ["sample", *args[:9], "-o", str(tmp_path / "s"), "--skip-existing"])
+    assert resumed.exit_code == 0 and "skipped" in resumed.output  # every sample made alike: nothing to do
     deterministic = CliRunner().invoke(cli, ["sample", str(tmp_path / "lr.png"), "-m", "bicubic"])
     assert deterministic.exit_code == 2 and "deterministic" in deterministic.output
 

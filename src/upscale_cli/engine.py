@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from upscale_cli.archs import get_architecture
-from upscale_cli.checkpoint import CheckpointInfo, load_model
+from upscale_cli.checkpoint import CheckpointInfo, load_model, weights_digest
 from upscale_cli.device import autocast, channels_last_helps, resolve_device, resolve_precision
 from upscale_cli.image_io import lanczos_resize
 from upscale_cli.models import BICUBIC, find_weights, looks_like_path
@@ -70,6 +70,7 @@ class Upscaler:
     nll: Callable[..., float] | None = None  # density models: (hr, lr, seed=) -> NLL in bits/dim
     tta: bool = False  # average the 8 flips and rotations (deterministic models only)
     color_fix: bool = False  # back-project the input's low frequencies into the output
+    digest: str | None = None  # `weights_digest` of the checkpoint, for provenance tags
 
     @property
     def stochastic(self) -> bool:
@@ -80,21 +81,21 @@ class Upscaler:
         factor = max(out_width / width, out_height / height)
         return max(1, math.ceil(math.log(factor) / math.log(self.scale) - 1e-9)) if factor > 1 else 1
 
-    def memory_problem(self, width: int, height: int, out_width: int, out_height: int) -> str | None:
+    def memory_problem(self, width: int, height: int, out_width: int, out_height: int, kept: int = 0) -> str | None:
         """Why upscaling a `width` x `height` input to `out_width` x `out_height` would not fit in the host's
-        free memory, or None if it does.
+        free memory, or None if it does; `kept` earlier outputs the caller still holds count too.
 
         Asked before a long run, so that a batch reports one file too large for this machine and goes
         on, instead of being killed by the kernel halfway through it.
         """
         grown = self.scale ** self.passes(width, height, out_width, out_height) if self.runner is not None else 1
         pixels = max(width * height * grown * grown, out_width * out_height)
-        needed = pixels * 3 * 4 * (OUTPUT_FLOAT_COPIES + self.tta)
+        copies = OUTPUT_FLOAT_COPIES + (1 if self.tta else 0) + (1 if self.color_fix else 0) + kept
+        needed = pixels * 3 * 4 * copies
         free = available_memory(torch.device("cpu"))
         if needed <= free:
             return None
-        return (f"a {out_width} x {out_height} output needs about {_bytes(needed)} of memory and "
-                f"{_bytes(free)} is free (ask for less with --scale, --width or --height)")
+        return f"a {out_width} x {out_height} output needs about {_bytes(needed)} of memory and {_bytes(free)} is free"
 
     def choose_tile(self, spec: str, height: int, width: int) -> int | None:
         """`none`, an explicit size, or `auto`: the largest tile the free memory allows (None if the image fits)."""
@@ -167,7 +168,7 @@ def _bytes(count: int) -> str:
 
 
 # float32 RGB copies of the output the host holds at once beside the network's tiles (the tiler's sum and
-# weights, the result, a resize; the TTA sum is one more). Measured peak: 1.5 (srresnet, 3072 x 2048
+# weights, the result, a resize; the TTA sum and the colour fix are one more each). Measured peak: 1.5 (srresnet, 3072 x 2048
 # output, 64 px tiles, `/usr/bin/time -f %M`); 3 leaves room for the encoder's buffers.
 OUTPUT_FLOAT_COPIES = 3
 
@@ -232,4 +233,5 @@ def load_upscaler(model: str, scale: float | None = None, device: str = "auto", 
         nll=nll,
         tta=tta,
         color_fix=color_fix,
+        digest=weights_digest(path),
     )

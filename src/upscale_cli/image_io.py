@@ -110,13 +110,38 @@ def read_image(source: str | os.PathLike | bytes, max_pixels: int = MAX_PIXELS_D
 
 def software_tag(path: str | os.PathLike) -> str | None:
     """The Software tag of an existing image file (what `encode_image(software=...)` wrote), or None when it
-    has none or cannot be opened. Reads the header and metadata, not the pixels."""
+    has none or cannot be opened. Reads the header and metadata, never the pixels: PNG chunks are walked
+    up to the image data here, because Pillow decodes a whole PNG to look for EXIF after it."""
     try:
-        with _pillow_limit_lifted(), Image.open(path) as img:
-            value = img.getexif().get(_SOFTWARE_TAG)
+        with open(path, "rb") as handle:
+            head = handle.read(8)
+            if head == _SIGNATURES[0]:
+                exif = _png_exif_before_data(handle)
+                tags = Image.Exif()
+                if exif:
+                    tags.load(exif)
+            else:
+                with _pillow_limit_lifted(), Image.open(path) as img:  # opening reads headers, not pixels
+                    tags = img.getexif()
+        value = tags.get(_SOFTWARE_TAG)
     except _DECODE_ERRORS:
         return None
     return value if isinstance(value, str) else None
+
+
+def _png_exif_before_data(handle: Any) -> bytes | None:
+    """The eXIf chunk of a PNG opened at its first chunk, if it comes before the image data (where we put it)."""
+    while True:
+        header = handle.read(8)
+        if len(header) < 8:
+            return None
+        length, kind = struct.unpack(">I4s", header)
+        if kind in (b"IDAT", b"IEND"):
+            return None
+        payload = handle.read(length)
+        handle.seek(4, os.SEEK_CUR)  # CRC
+        if kind == b"eXIf":
+            return payload
 
 
 def _read_source(source: str | os.PathLike | bytes, label: object) -> bytes:

@@ -203,7 +203,7 @@ def existing_output(path: Path | None, opts: dict[str, Any], made_by: str | None
         found = software_tag(path)
         if same_settings(found, made_by):
             return True
-        origin = f"made by '{found}'" if found else "not made by upscale"
+        origin = f"made by {found!r}" if found else "not made by upscale"
         raise ImageWriteError(path, f"exists, {origin}: not these settings (use --overwrite to redo it)")
     if not opts["overwrite"]:
         raise ImageWriteError(path, "exists (use --overwrite or --skip-existing)")
@@ -213,29 +213,31 @@ def existing_output(path: Path | None, opts: dict[str, Any], made_by: str | None
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 
-def provenance(upscaler: Any, seed: int, tau: float | None) -> str:
-    """What made an output, for its Software tag: program, model, precision and, for stochastic models, the
-    seed and tau, so that the file itself says how to draw it again."""
+def provenance(upscaler: Any, width: int, height: int, seed: int, tau: float | None) -> str:
+    """What made an output, for its Software tag: program, model (name, native scale, weights digest),
+    output size, options and precision and, for stochastic models, the seed and tau, so that the file
+    itself says how to draw it again. ASCII only, as the tag demands (other characters are escaped)."""
     from upscale_cli import __version__
 
-    parts = [f"upscale {__version__}", f"model {upscaler.name} x{upscaler.scale}", upscaler.precision]
-    if upscaler.tta:
-        parts.append("tta")
-    if upscaler.color_fix:
-        parts.append("color-fix")
+    model = f"model {upscaler.name} x{upscaler.scale}" + (f" #{upscaler.digest}" if upscaler.digest else "")
+    parts = [f"upscale {__version__}", model, f"{width}x{height}"]
+    parts += [name for name, chosen in (("tta", upscaler.tta), ("color-fix", upscaler.color_fix)) if chosen]
+    parts.append(upscaler.precision)
     if upscaler.stochastic:
         parts += [f"seed {seed}", f"tau {tau:g}"]
-    return "; ".join(parts)
+    return "; ".join(parts).encode("ascii", "backslashreplace").decode("ascii")
 
 
 def same_settings(found: str | None, expected: str) -> bool:
-    """Whether two `provenance` tags name the same model, tta, color-fix, seed and tau. The program version and the
-    precision may differ: they change the arithmetic, not the result a user asked for."""
-    def settings(tag: str) -> list[str] | None:
-        program, *parts = tag.split("; ")
-        return [p for p in parts if p not in PRECISIONS] if program.startswith("upscale ") else None
+    """Whether two `provenance` tags name the same weights, output size, options, seed and tau. The program
+    version and the precision may differ: they change the arithmetic, not the result a user asked for."""
+    def settings(tag: str | None) -> list[str] | None:
+        if tag is None or not tag.startswith("upscale "):
+            return None
+        return [p for p in tag.split("; ")[1:] if p not in PRECISIONS]
 
-    return found is not None and settings(found) is not None and settings(found) == settings(expected)
+    found_settings = settings(found)
+    return found_settings is not None and found_settings == settings(expected)
 
 
 def write_output(path: Path | None, rgb: Any, image: Any, fmt: str, opts: dict[str, Any], software: str) -> None:

@@ -76,7 +76,7 @@ def _run(opts: dict[str, Any]) -> int:
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     upscalers += variants(upscalers, tta=opts["tta"], color_fix=opts["color_fix"])
-    scale = max(u.scale for u in upscalers)
+    scale = max((u.scale for u in upscalers if u.runner is not None), default=4)  # bicubic takes any scale
     box = opts["crop"] or centre_box(lr.shape[1], lr.shape[0])
     check_box(box, lr.shape[1], lr.shape[0], opts["image"])
     hr = None if opts["hr_path"] is None else hr_crop(read_image(opts["hr_path"]).rgb, lr.shape, box, scale,

@@ -100,9 +100,6 @@ def _sample_one(job: Job, upscaler: Any, taus: tuple[float, ...], opts: dict[str
         image = read_image(job.source, max_pixels=opts["max_pixels"], name=job.label)
         out_w, out_h = image.width * upscaler.scale, image.height * upscaler.scale
         fmt = output_format(opts["fmt"], image.format, image.alpha is not None)
-        problem = upscaler.memory_problem(image.width, image.height, out_w, out_h)
-        if problem:
-            raise ImageWriteError(job.label, problem)
         drawn: dict[float, list[np.ndarray]] = {}
         for tau in taus:
             for i in range(opts["samples"]):
@@ -111,7 +108,7 @@ def _sample_one(job: Job, upscaler: Any, taus: tuple[float, ...], opts: dict[str
                                    ext=extension(fmt).lstrip("."), seed=seed, tau=f"{tau:g}", i=i)
                 extra = {"model": upscaler.name, "tau": tau, "seed": seed, "width": out_w, "height": out_h}
                 needs_pixels = bool(opts["grid"] or opts["std_map"])
-                made_by = provenance(upscaler, seed, tau)
+                made_by = provenance(upscaler, out_w, out_h, seed, tau)
                 if existing_output(path, opts, made_by) and not needs_pixels:
                     outcomes.append(Outcome(job.label, "skipped", str(path), extra=extra))
                     progress.advance_file()
@@ -120,10 +117,16 @@ def _sample_one(job: Job, upscaler: Any, taus: tuple[float, ...], opts: dict[str
                     outcomes.append(Outcome(job.label, "dry-run", str(path), extra=extra))
                     progress.advance_file()
                     continue
+                kept = sum(len(samples) for samples in drawn.values())
+                problem = upscaler.memory_problem(image.width, image.height, out_w, out_h, kept)
+                if problem:
+                    hint = "; --grid and --std-map keep every sample in memory" if kept else ""
+                    raise ImageWriteError(job.label, f"{problem}{hint}")
                 progress.start_image(f"{job.label} tau {tau:g} seed {seed}", image.width * image.height)
                 rgb = upscaler.upscale(image.rgb, out_w, out_h, opts["tile"], on_tile=progress.tile_done,
                                        warn=lambda m: report.note(f"{job.label}: {m}"), seed=seed, tau=tau)
-                drawn.setdefault(tau, []).append(rgb)
+                if needs_pixels:  # only the grid and the std-map need the samples after writing
+                    drawn.setdefault(tau, []).append(rgb)
                 if path is not None and path.exists() and not opts["overwrite"]:
                     outcomes.append(Outcome(job.label, "skipped", str(path), extra=extra))
                 else:
@@ -152,6 +155,8 @@ def _extras(job: Job, image: Any, drawn: dict[float, list[Any]], opts: dict[str,
     from upscale_cli.resize import imresize
     from upscale_cli.sheets import contact_sheet, heat_map, nearest_resize
 
+    if not drawn:  # no --grid or --std-map
+        return []
     outcomes = []
     stem = job.source.stem if job.source is not None else "stdin"
     height, width = next(iter(drawn.values()))[0].shape[:2]

@@ -68,6 +68,9 @@ def _run(opts: dict[str, Any]) -> int:
         for flag in ("seed", "tau"):
             if opts[flag] is not None and not upscaler.stochastic:
                 report.note(f"--{flag} has no effect on {upscaler.name}: the model is deterministic")
+        for flag in ("tta", "color_fix"):
+            if opts[flag] and upscaler.runner is None:
+                report.note(f"--{flag.replace('_', '-')} has no effect on bicubic")
         report.note(f"{upscaler.name} (x{upscaler.scale}) on {upscaler.device}, {upscaler.precision}, "
                     f"tile {opts['tile']}, overlap {upscaler.overlap}{', 8-view tta' if upscaler.tta else ''}"
                     f"{', color-fix' if upscaler.color_fix else ''}; "
@@ -102,14 +105,14 @@ def _process(job: Job, upscaler: Any, opts: dict[str, Any], progress: BatchProgr
                  "scale": round(out_w / image.width, 4)}
         if upscaler.stochastic:
             extra.update(seed=seed, tau=tau)
-        made_by = provenance(upscaler, seed, tau)
+        made_by = provenance(upscaler, out_w, out_h, seed, tau)
         if existing_output(path, opts, made_by):
             return Outcome(job.label, "skipped", shown, extra=extra)
         if opts["dry_run"]:
             return Outcome(job.label, "dry-run", shown, extra=extra)
         problem = upscaler.memory_problem(image.width, image.height, out_w, out_h)
         if problem:
-            raise ImageWriteError(shown, problem)
+            raise ImageWriteError(shown, f"{problem} (ask for less with --scale, --width or --height)")
         progress.start_image(job.label, image.width * image.height)
         rgb = upscaler.upscale(image.rgb, out_w, out_h, opts["tile"], on_tile=progress.tile_done,
                                warn=lambda m: report.note(f"{job.label}: {m}"), seed=seed, tau=tau)
