@@ -414,6 +414,22 @@ def test_output_says_what_made_it(photo: Path, tiny_checkpoint: Path, tmp_path: 
         assert "; 48x40; " in written.getexif().get(0x0131)
 
 
+def test_strip_metadata_drops_the_source_exif_but_keeps_the_tag(tmp_path: Path, tiny_checkpoint: Path) -> None:
+    """Camera, date and GPS tags are carried by default and dropped with --strip-metadata; the Software tag stays."""
+    exif = Image.Exif()
+    exif[0x010F] = "TestCam"
+    exif.get_ifd(0x8825)[2] = (52.0, 31.0, 12.0)  # GPSLatitude
+    source = tmp_path / "geo.jpg"
+    Image.fromarray(smooth_image(20, 24, seed=4)).save(source, "JPEG", exif=exif.tobytes())
+    for flag, name in ((), "kept.png"), (("--strip-metadata",), "stripped.png"):
+        assert invoke(source, "-m", tiny_checkpoint, "--precision", "fp32", "-o", tmp_path / name, *flag).exit_code == 0
+    with Image.open(tmp_path / "kept.png") as kept, Image.open(tmp_path / "stripped.png") as stripped:
+        kept_tags, stripped_tags = kept.getexif(), stripped.getexif()
+    assert kept_tags.get(0x010F) == "TestCam" and kept_tags.get_ifd(0x8825)
+    assert 0x010F not in stripped_tags and not stripped_tags.get_ifd(0x8825)
+    assert stripped_tags.get(0x0131) == kept_tags.get(0x0131) == expected_tag(tiny_checkpoint, "tiny_x4", "96x80; fp32")
+
+
 def test_max_pixels_refuses_large_inputs(photo: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
     result = invoke(photo, "-m", tiny_checkpoint, "-o", tmp_path / "m.png", "--max-pixels", "100")
     assert result.exit_code == 1 and "limit" in result.stderr and not (tmp_path / "m.png").exists()

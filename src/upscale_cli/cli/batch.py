@@ -67,6 +67,8 @@ def output_options(default_name: str) -> Callable[[Callable[..., Any]], Callable
         click.option("--format", "fmt", type=click.Choice(["same", "png", "jpg", "webp", "tiff"]), default="same",
                      show_default=True),
         click.option("--quality", type=click.IntRange(1, 100), help="Quality for jpg/webp (default 95 / 90)."),
+        click.option("--strip-metadata", is_flag=True,
+                     help="Leave out the source's EXIF (camera, dates, GPS); the colour profile and the Software tag stay."),
         click.option("--tile", default="auto", show_default=True, callback=lambda c, p, v: tile_option(v),
                      help="auto, none, or a tile size in LR pixels."),
         click.option("--tile-overlap", type=click.IntRange(min=0), help="Overlap between tiles in LR pixels (default 16)."),
@@ -241,14 +243,15 @@ def same_settings(found: str | None, expected: str) -> bool:
 
 
 def write_output(path: Path | None, rgb: Any, image: Any, fmt: str, opts: dict[str, Any], software: str) -> None:
-    """Encode `rgb` with the source's alpha (resized), bit depth, ICC and EXIF, and `software` as the Software
-    tag; write atomically or to stdout."""
+    """Encode `rgb` with the source's alpha (resized), bit depth, ICC and EXIF (unless --strip-metadata), and
+    `software` as the Software tag; write atomically or to stdout."""
     from upscale_cli.image_io import encode_image, lanczos_resize, write_image
 
     height, width = rgb.shape[:2]
     alpha = None if image.alpha is None else lanczos_resize(image.alpha, width, height).clip(0, 1)
     data = encode_image(rgb, alpha, fmt, grayscale=image.grayscale, bit_depth=image.bit_depth,
-                        quality=opts["quality"], icc_profile=image.icc_profile, exif=image.exif, software=software)
+                        quality=opts["quality"], icc_profile=image.icc_profile,
+                        exif=None if opts["strip_metadata"] else image.exif, software=software)
     if path is None:
         sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()
