@@ -550,7 +550,13 @@ def test_sample_command_writes_seeds_taus_grid_and_std_map(tmp_path: Path) -> No
         assert grid.width > 5 * 56 and grid.height > 2 * 48  # 5 columns (3 samples, bicubic, LR), 2 rows
     with Image.open(tmp_path / "std.png") as std:
         assert std.size == (56, 48) and np.asarray(std).std() > 0
-    summary = [json.loads(l) for l in result.stdout.splitlines()][-1]["summary"]
+    records = [json.loads(l) for l in result.stdout.splitlines()]
+    # the std-map's scale: white = the 99th percentile of the per-pixel spread of the tau-0.8 samples
+    note = next(r["note"] for r in records if r.get("output") == str(tmp_path / "std.png"))
+    spread = np.stack([load(f"lr_tau0.8_seed{s}.png") for s in (0, 1, 2)]).std(axis=0).mean(axis=-1)
+    white = float(note.split("white = ")[1].split(" levels")[0])
+    assert note.startswith("tau 0.8;") and abs(white - np.percentile(spread, 99)) < 0.5  # 8-bit rounding
+    summary = records[-1]["summary"]
     assert summary["ok"] == 8 and summary["failed"] == 0
     again = CliRunner().invoke(cli, ["sample", *args])  # the outputs exist now: nothing is overwritten
     assert again.exit_code == 1 and "exists" in again.output

@@ -60,7 +60,7 @@ from upscale_cli.flows.layers import (
 from upscale_cli.tiler import Window, pad_to_multiple
 
 HR_NOISE_STD = 4.0 / (math.sqrt(3.0) * 255.0)  # dequantisation noise of spec 2.5 (on [0, 1] images)
-DEFAULT_TAU = 0.9
+DEFAULT_TAU = 0.8  # the temperature the shipped weights are measured and gated at (the paper shows 0.9)
 SUPPORTED_SCALES = (4, 8)
 
 

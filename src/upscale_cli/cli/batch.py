@@ -287,7 +287,8 @@ class Reporter:
         elif not self.quiet:
             verb = {"ok": "wrote", "skipped": "skipped (exists)", "dry-run": "would write"}[outcome.status]
             size = f" ({outcome.extra['width']}x{outcome.extra['height']})" if "width" in outcome.extra else ""
-            self.say(f"{verb} {outcome.output}{size}")
+            note = f" ({outcome.extra['note']})" if "note" in outcome.extra else ""
+            self.say(f"{verb} {outcome.output}{size}{note}")
 
     def finish(self) -> int:
         counts = {s: sum(o.status == s for o in self.outcomes) for s in ("ok", "failed", "skipped", "dry-run")}

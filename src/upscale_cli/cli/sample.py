@@ -37,7 +37,7 @@ def temperatures(ctx: click.Context, param: click.Parameter, value: str | None) 
 @click.option("-n", "--samples", type=click.IntRange(min=1), default=4, show_default=True,
               help="Samples per temperature; sample i uses seed SEED + i.")
 @click.option("--tau", "taus", callback=temperatures, metavar="T[,T...]",
-              help="Temperature(s) (default: the model's, 0.9 for SRFlow); 0 gives the deterministic mean.")
+              help="Temperature(s) (default: the model's, 0.8 for SRFlow); 0 gives the deterministic mean.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="First seed (0 is a seed).")
 @click.option("-m", "--model", default="srflow", show_default=True, help="A stochastic model name or checkpoint.")
 @click.option("--grid", type=click.Path(dir_okay=False), metavar="FILE",
@@ -174,15 +174,17 @@ def _extras(job: Job, image: Any, drawn: dict[float, list[Any]], opts: dict[str,
         top = float(np.percentile(spread, 99)) or 1.0
         data = heat_map(spread, top)
         outcomes.append(_write_extra(Path(opts["std_map"].format(stem=stem)), (data * 255).round().astype(np.uint8),
-                                     opts, f"std-map (tau {max(drawn):g}; white = {top:.1f} levels of 255)"))
+                                     opts, "std-map", note=f"tau {max(drawn):g}; white = {top:.1f} levels of 255"))
     return outcomes
 
 
-def _write_extra(path: Path, pixels: Any, opts: dict[str, Any], what: str) -> Outcome:
-    """Write a uint8 RGB figure as PNG, with the same overwrite rules as the samples."""
+def _write_extra(path: Path, pixels: Any, opts: dict[str, Any], what: str, note: str = "") -> Outcome:
+    """Write a uint8 RGB figure as PNG, with the same overwrite rules as the samples; `note` (e.g. the
+    std-map's scale) is shown beside the path and kept in the JSON record."""
     from upscale_cli.image_io import encode_image, write_image
 
+    extra = {"note": note} if note else {}
     if existing_output(path, opts):
-        return Outcome(what, "skipped", str(path))
+        return Outcome(what, "skipped", str(path), extra=extra)
     write_image(path, encode_image(pixels.astype("float32") / 255, None, "png"), overwrite=opts["overwrite"])
-    return Outcome(what, "ok", str(path))
+    return Outcome(what, "ok", str(path), extra=extra)

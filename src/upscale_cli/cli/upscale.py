@@ -26,7 +26,8 @@ DEFAULT_NAME = "{stem}_x{scale}.{ext}"
 @click.option("--height", type=click.IntRange(min=1), help="Target height in pixels (width follows unless given).")
 @click.option("-m", "--model", default="srgan", show_default=True, help="Model name, 'bicubic', or a .safetensors path.")
 @click.option("--seed", type=click.IntRange(min=0), help="Seed for stochastic models (0 is a valid seed).")
-@click.option("--tau", type=click.FloatRange(0, 2), help="Sampling temperature for stochastic models (SRFlow).")
+@click.option("--tau", type=click.FloatRange(0, 2),
+              help="Sampling temperature for stochastic models (default: the model's, 0.8 for SRFlow).")
 @click.option("--tta", is_flag=True,
               help="Average the model's output over the 8 flips and rotations of the input: 8x the time, "
                    "slightly higher PSNR (deterministic models).")
