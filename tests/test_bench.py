@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner, Result
+
+from upscale_cli.archs.base import RunOptions
 from PIL import Image
 
 from upscale_cli.bench.quality import Degradation, diversity, evaluate_upscaler, load_pairs, lr_consistency
@@ -228,11 +230,11 @@ class StandInSampler:
     stochastic = True
     nll = None  # not a density model
 
-    def upscale(self, rgb: np.ndarray, out_width: int, out_height: int, tile_spec: str, *, seed: int,
-                tau: float) -> np.ndarray:
+    def upscale(self, rgb: np.ndarray, out_width: int, out_height: int, tile_spec: str, *,
+                options: RunOptions) -> np.ndarray:
         image = imresize(torch.from_numpy(rgb).permute(2, 0, 1), size=(out_height, out_width))
-        noise = torch.randn(image.shape, generator=torch.Generator().manual_seed(seed))
-        return (image + tau * 0.05 * noise).permute(1, 2, 0).numpy()
+        noise = torch.randn(image.shape, generator=torch.Generator().manual_seed(options.seed))
+        return (image + options.tau * 0.05 * noise).permute(1, 2, 0).numpy()
 
 
 def test_stochastic_models_get_one_result_per_tau_with_diversity(image_folder: Path) -> None:
@@ -271,3 +273,25 @@ def test_record_stores_figures_in_checkpoint_metadata(tmp_path: Path) -> None:
     after, _ = load_model(path)
     for key, value in before.state_dict().items():
         assert torch.equal(value, after.state_dict()[key])
+
+
+def test_benchmarks_and_training_read_images_as_upscale_does(tmp_path: Path) -> None:
+    """One loader: an HR photo with EXIF orientation 6 (turn 90 degrees clockwise) is scored upright, and a
+    training patch source reads the same pixels."""
+    from PIL import Image
+
+    from upscale_cli.image_io import read_image
+    from upscale_cli.train.data import PatchSampler
+
+    folder = tmp_path / "hr"
+    folder.mkdir()
+    stored = np.random.default_rng(0).integers(0, 256, (16, 24, 3), dtype=np.uint8)  # 24 wide as stored
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(stored).save(folder / "turned.png", exif=exif.tobytes())
+    upright = read_image(folder / "turned.png").rgb
+    assert upright.shape == (24, 16, 3)  # shown 16 wide
+    pair = load_pairs(folder, 4)[0]
+    assert torch.equal(pair.hr, torch.from_numpy(upright.transpose(2, 0, 1).copy()))
+    sampler = PatchSampler(folder, 16, 4, 1, seed=0)
+    assert torch.equal(sampler.images[0], torch.from_numpy((upright * 255).round().astype(np.uint8)).permute(2, 0, 1))

@@ -42,6 +42,8 @@ def test_help_and_version_do_not_import_torch() -> None:
             "r = CliRunner().invoke(cli, ['--version']); assert '0.1.0' in r.output, r.output; "
             "r = CliRunner().invoke(cli, ['--help']); assert 'sample' in r.output or 'upscale' in r.output; "
             "r = CliRunner().invoke(cli, ['upscale', '--help']); assert '--tile' in r.output; "
+            "r = CliRunner().invoke(cli, ['train', '--help']); assert '--device' in r.output, r.output; "
+            "r = CliRunner().invoke(cli, ['models', '--help']); assert '--task' in r.output, r.output; "
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
@@ -90,8 +92,8 @@ def test_scale_above_native_runs_the_model_twice(photo: Path, tiny_checkpoint: P
 
     upscaler = load_upscaler(str(tiny_checkpoint))
     calls = []
-    original = upscaler.runner.run_tile
-    upscaler.runner.run_tile = lambda tile, *a, **k: calls.append(tile.shape) or original(tile, *a, **k)
+    forward = upscaler.module.forward
+    upscaler.module.forward = lambda tile: calls.append(tile.shape) or forward(tile)
     rgb = smooth_image(10, 12, 1).astype(np.float32) / 255
     assert upscaler.upscale(rgb, 96, 80, "none").shape == (80, 96, 3)
     assert [tuple(c[-2:]) for c in calls] == [(10, 12), (40, 48)]

@@ -16,15 +16,21 @@ from torch.autograd.functional import jacobian
 
 from upscale_cli.flows import (
     ActNorm,
+    AdditiveCoupling,
     AffineInjector,
     ConditionalAffineCoupling,
+    FlowLevel,
     FlowSequence,
     FlowStep,
     InvertibleConv1x1,
     InvertibleLayer,
+    LUInvertibleConv1x1,
+    MultiScaleFlow,
     ParamNet,
     Split,
     Squeeze,
+    ZeroConv2d,
+    param_net,
     set_param_net_dtype,
     standard_normal_log_prob,
     transition_step,
@@ -73,7 +79,17 @@ LAYERS: dict[str, tuple[Callable[[], InvertibleLayer], bool]] = {
     "flowstep": (lambda: FlowStep(C, COND, 8), True),
     "flowstep_glow": (lambda: FlowStep(C, 0, 8), False),
     "sequence": (lambda: FlowSequence([FlowStep(C, COND, 8), transition_step(C), FlowStep(C, COND, 8)]), True),
+    "conv1x1_lu": (lambda: LUInvertibleConv1x1(C), False),
+    "additive": (lambda: AdditiveCoupling(C, net=lambda i, o: ZeroConv2d(i, o, pad_value=1.0)), False),
+    "additive_conditional": (lambda: AdditiveCoupling(C, net=param_net(8), cond_channels=COND), True),
+    "coupling_pluggable": (lambda: ConditionalAffineCoupling(
+        C, 0, net=lambda i, o: ZeroConv2d(i, o, pad_value=1.0), scale_fn=lambda raw: torch.sigmoid(raw) + 0.5), False),
+    "split": (lambda: Split(C), False),
+    "glow_step": (lambda: FlowSequence([ActNorm(C), LUInvertibleConv1x1(C), AdditiveCoupling(
+        C, net=lambda i, o: nn.Sequential(nn.Conv2d(i, 8, 3, padding=1), nn.ReLU(), ZeroConv2d(8, o, pad_value=1.0)))]),
+        False),
 }
+VOLUME_PRESERVING = {"squeeze", "additive", "additive_conditional"}  # logdet exactly 0 by construction
 
 
 def inputs(batch: int, size: int, conditioned: bool, dtype: torch.dtype = torch.float32, seed: int = 1):
@@ -100,15 +116,20 @@ def test_round_trip_and_logdets_cancel(name: str, mode: str) -> None:
     torch.testing.assert_close(logdet + logdet_back, torch.zeros(3), atol=tolerance, rtol=0)
     if name != "squeeze":
         assert (z - x).abs().max() > 1e-2, "the layer is (nearly) the identity: the test would prove nothing"
-        assert logdet.abs().max() > 1e-3, "a zero logdet would hide a missing Jacobian term"
+        if name in VOLUME_PRESERVING:
+            assert torch.equal(logdet, torch.zeros(3))
+        else:
+            assert logdet.abs().max() > 1e-3, "a zero logdet would hide a missing Jacobian term"
 
 
 def test_split_round_trip_and_prior_accounting() -> None:
     x, _ = inputs(2, 6, False)
     split = prepared(lambda: Split(C), x, None)
-    (z1, eps), logdet = split(x)
-    assert z1.shape == (2, C - C // 2, 6, 6) and eps.shape == (2, C // 2, 6, 6)
-    back, logdet_back = split.reverse((z1, eps))
+    z, logdet = split(x)
+    assert z.shape == x.shape  # the kept channels, then the standardised ones
+    z1, eps = z[:, : C - C // 2], z[:, C - C // 2 :]
+    torch.testing.assert_close(z1, x[:, : C - C // 2], atol=0, rtol=0)
+    back, logdet_back = split.reverse(z)
     torch.testing.assert_close(back, x, atol=1e-5, rtol=0)
     torch.testing.assert_close(logdet + logdet_back, torch.zeros(2), atol=1e-4, rtol=0)
     # logdet + log N(eps; 0, I) is the spec's log N(z2; mu, sigma^2)
@@ -120,16 +141,19 @@ def test_split_round_trip_and_prior_accounting() -> None:
 def test_split_draws_eps_at_temperature() -> None:
     x, _ = inputs(2, 6, False)
     split = prepared(lambda: Split(C), x, None)
-    (z1, _), _ = split(x)
+    z1 = split(x)[0][:, : C - C // 2]
     mean, _ = split.prior_params(z1)
-    at_zero, _ = split.reverse((z1, None), tau=0.0)
-    torch.testing.assert_close(at_zero[:, C - C // 2 :], mean)
-    a, _ = split.reverse((z1, None), tau=0.8, generator=torch.Generator().manual_seed(5))
-    b, _ = split.reverse((z1, None), tau=0.8, generator=torch.Generator().manual_seed(5))
-    c, _ = split.reverse((z1, None), tau=0.8, generator=torch.Generator().manual_seed(6))
+
+    def decoded(tau: float, seed: int) -> torch.Tensor:
+        eps = split.draw(z1, tau, torch.Generator().manual_seed(seed))
+        assert eps.shape == (2, C // 2, 6, 6)
+        return split.reverse(torch.cat([z1, eps], 1))[0]
+
+    torch.testing.assert_close(decoded(0.0, 0)[:, C - C // 2 :], mean)
+    a, b, c = decoded(0.8, 5), decoded(0.8, 5), decoded(0.8, 6)
     assert torch.equal(a, b) and not torch.equal(a, c)
-    with pytest.raises(ValueError, match="shape"):
-        split.reverse((z1, torch.zeros(2, 1, 6, 6)))
+    with pytest.raises(ValueError, match="channels"):
+        split.reverse(torch.zeros(2, C - 1, 6, 6))
 
 
 # --- log-determinants against autograd Jacobians (float64) ----------------------------------------
@@ -156,16 +180,62 @@ def test_logdet_matches_autograd_jacobian(name: str) -> None:
     assert reverse_logdet.item() == pytest.approx(-expected, abs=1e-8, rel=1e-9)
 
 
-def test_split_logdet_matches_autograd_jacobian() -> None:
-    x, _ = inputs(1, 4, False, dtype=torch.float64)
-    split = prepared(lambda: Split(C).double(), x, None)
+def test_zero_conv_pads_with_its_pad_value() -> None:
+    """With all weights 1 and a zero input, each output counts the padded positions its 3x3 window covers."""
+    for pad_value, corner, edge in ((1.0, 5.0, 3.0), (0.0, 0.0, 0.0)):
+        conv = ZeroConv2d(2, 1, pad_value=pad_value)
+        with torch.no_grad():
+            conv.conv.weight.fill_(1.0)
+        out = conv(torch.zeros(1, 2, 4, 5))[0, 0]
+        assert out[0, 0].item() == 2 * corner and out[0, 2].item() == 2 * edge and out[2, 2].item() == 0.0
 
-    def encode(v: torch.Tensor) -> torch.Tensor:
-        (z1, eps), _ = split(v)
-        return torch.cat([z1, eps], 1)
 
-    _, logdet = split(x)
-    assert logdet.item() == pytest.approx(jacobian_logdet(encode, x), abs=1e-8, rel=1e-9)
+def test_lu_conv_is_the_matrix_its_factors_give_and_its_logdet_is_free() -> None:
+    layer = LUInvertibleConv1x1(C).double()
+    perturb(layer)
+    matrix = layer.matrix(torch.float64)
+    assert torch.linalg.slogdet(matrix)[1].item() == pytest.approx(layer.log_s.sum().item(), abs=1e-10)
+    x = torch.randn(2, C, 3, 3, dtype=torch.float64)
+    torch.testing.assert_close(layer(x)[0], torch.einsum("oc,bchw->bohw", matrix, x))
+
+
+def multiscale(split: bool) -> MultiScaleFlow:
+    """Two levels of an unconditional flow (ArtFlow's shape without splits, Glow's with one)."""
+    def net(i: int, o: int) -> nn.Module:
+        return nn.Sequential(nn.Conv2d(i, 8, 3, padding=1), nn.ReLU(), ZeroConv2d(8, o, pad_value=1.0))
+
+    levels, channels = [], 3
+    for index in range(2):
+        squeezed = 4 * channels
+        level = FlowLevel(squeezed, [], [FlowSequence([ActNorm(squeezed), LUInvertibleConv1x1(squeezed),
+                                                       AdditiveCoupling(squeezed, net)]) for _ in range(2)],
+                          split=split and index == 0)
+        levels.append(level)
+        channels = level.out_channels
+    return MultiScaleFlow(levels)
+
+
+@pytest.mark.parametrize("split", [False, True])
+def test_multiscale_container_inverts_and_draws_missing_latents(split: bool) -> None:
+    flow = multiscale(split).train()
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        flow(x)
+    perturb(flow)
+    flow.eval()
+    with torch.no_grad():
+        latents, logdet = flow(x)
+        back, logdet_back = flow.reverse(latents)
+    assert len(latents) == (2 if split else 1) and latents[-1].shape == ((2, 24, 2, 2) if split else (2, 48, 2, 2))
+    torch.testing.assert_close(back, x, atol=1e-5, rtol=0)
+    torch.testing.assert_close(logdet + logdet_back, torch.zeros(2), atol=1e-4, rtol=0)
+    if split:
+        with torch.no_grad():
+            drawn = [flow.reverse([None, latents[-1]], tau=0.7, generator=torch.Generator().manual_seed(s))[0]
+                     for s in (1, 1, 2)]
+        assert torch.equal(drawn[0], drawn[1]) and not torch.equal(drawn[0], drawn[2])
+        with pytest.raises(ValueError, match="latent tensors"):
+            flow.reverse([latents[-1]])
 
 
 # --- ActNorm ------------------------------------------------------------------------------------------

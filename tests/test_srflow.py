@@ -17,18 +17,19 @@ import torch
 from torch.autograd.functional import jacobian
 
 from upscale_cli.archs import get_architecture
+from upscale_cli.archs.base import RunOptions
 from upscale_cli.archs.srflow import (
     HR_NOISE_STD,
     SRFlow,
     SRFlowConfig,
-    SRFlowNet,
+    build_flow,
     SRFlowRunner,
     default_stack_blocks,
     receptive_radius,
 )
 from upscale_cli.checkpoint import CheckpointInfo, config_dict, load_model, read_info, save_checkpoint
 from upscale_cli.flows import standard_normal_log_prob
-from upscale_cli.tiler import upscale_tiled
+from upscale_cli.tiler import TileSpec, upscale_tiled
 from upscale_cli.train.config import TrainConfig, apply_settings
 from upscale_cli.train.loop import Trainer
 from upscale_cli.train.recipes import make_recipe
@@ -146,7 +147,7 @@ def test_whole_flow_round_trip() -> None:
 def test_whole_flow_logdet_matches_autograd_jacobian() -> None:
     torch.manual_seed(0)
     config = tiny_config(steps=2, transition_steps=1)
-    flow = SRFlowNet(config).double()
+    flow = build_flow(config).double()
     hr = rand(1, 3, 8, 8).double()
     conds = [torch.randn(1, config.cond_channels, 8 // 2**lv, 8 // 2**lv, dtype=torch.float64)
              for lv in range(1, 4)]
@@ -177,13 +178,11 @@ def train_config(data: Path, init: Path, **overrides: object) -> TrainConfig:
 
 
 def test_nll_falls_in_a_short_training_run(image_folder: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
-    from upscale_cli.train.validate import make_validator
-
     val = tmp_path / "val"
     val.mkdir()
     (val / "a.png").write_bytes((image_folder / "img_0.png").read_bytes())
     config = train_config(image_folder, tiny_checkpoint, val=str(val), val_every=30)
-    trainer = Trainer(config, tmp_path / "run", "upscale train --model srflow", validate=make_validator(config))
+    trainer = Trainer(config, tmp_path / "run", "upscale train --model srflow")  # the recipe's own validator
     exported = trainer.run()
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in log if "loss" in r]
@@ -310,9 +309,8 @@ def test_encoder_frozen_then_trained_and_non_finite_steps_skipped(image_folder: 
         flow_weight = gen.flow.levels[0].steps.layers[0].conv.weight
         return gen.encoder.head[0].weight.detach().clone(), flow_weight.detach().clone()
 
-    def step(index: int, hr_override: torch.Tensor | None = None) -> dict[str, float]:
-        lr, hr = sampler.next_batch()
-        return recipe.train_step(lr, hr if hr_override is None else hr_override, index, contextlib.nullcontext)
+    def step(index: int) -> dict[str, float]:
+        return recipe.train_step(sampler.next_batch(), index, contextlib.nullcontext)
 
     assert not recipe.generator.initialized
     encoder0, flow0 = snapshot()
@@ -321,10 +319,9 @@ def test_encoder_frozen_then_trained_and_non_finite_steps_skipped(image_folder: 
     encoder1, flow1 = snapshot()
     assert torch.equal(encoder1, encoder0) and not torch.equal(flow1, flow0)  # frozen encoder, flow learns
 
-    lr, hr = sampler.next_batch()
-    bad = hr.clone()
-    bad[0, 0, 0, 0] = float("nan")
-    figures = recipe.train_step(lr, bad, 1, contextlib.nullcontext)
+    batch = sampler.next_batch()
+    batch.hr[0, 0, 0, 0] = float("nan")
+    figures = recipe.train_step(batch, 1, contextlib.nullcontext)
     assert figures["skipped"] == 1.0 and recipe.skipped_total == 1
     encoder2, flow2 = snapshot()
     assert torch.equal(flow2, flow1)  # no optimiser step on a non-finite loss
@@ -346,7 +343,7 @@ def test_the_encoder_warms_up_after_unfreezing(image_folder: Path, tiny_checkpoi
     config = train_config(image_folder, tiny_checkpoint, iters=4, encoder_frozen_fraction=0.5)
     at_once = make_recipe(config, lambda module: module)
     sampler = PatchSampler(image_folder, config.patch, config.scale, config.batch, seed=0)
-    at_once.train_step(*sampler.next_batch(), 0, contextlib.nullcontext)  # frozen; initialises ActNorm
+    at_once.train_step(sampler.next_batch(), 0, contextlib.nullcontext)  # frozen; initialises ActNorm
     warmed = make_recipe(apply_settings(config, {"encoder_warmup": 4}), lambda module: module)
     warmed.load_state_dict(copy.deepcopy(at_once.state_dict()))
 
@@ -356,10 +353,10 @@ def test_the_encoder_warms_up_after_unfreezing(image_folder: Path, tiny_checkpoi
         return gen.encoder.head[0].weight.detach().clone(), flow_weight.detach().clone()
 
     encoder0, flow0 = weights(at_once)
-    lr, hr = sampler.next_batch()
+    batch = sampler.next_batch()
     for recipe in (at_once, warmed):
         torch.manual_seed(1)  # the same dequantisation noise
-        assert recipe.train_step(lr, hr, 2, contextlib.nullcontext)["skipped"] == 0.0  # step 2: unfrozen
+        assert recipe.train_step(batch, 2, contextlib.nullcontext)["skipped"] == 0.0  # step 2: unfrozen
     (encoder_full, flow_full), (encoder_warm, flow_warm) = weights(at_once), weights(warmed)
     assert not torch.equal(encoder_full, encoder0)
     torch.testing.assert_close(encoder_warm - encoder0, (encoder_full - encoder0) / 4, rtol=1e-4, atol=1e-9)
@@ -416,7 +413,7 @@ def test_odd_sized_lr_is_padded_and_cropped() -> None:
     noise = model.draw_noise(8, 10, 0.8, torch.Generator().manual_seed(0))
     torch.testing.assert_close(out, model.sample(padded, noise=noise)[..., :28, :36])
     runner = SRFlowRunner(model, "cpu", "fp32", tau=0.8, seed=0)
-    torch.testing.assert_close(upscale_tiled(runner, lr, tile=None, overlap=0, align=2), out, atol=1e-6, rtol=0)
+    torch.testing.assert_close(upscale_tiled(runner, lr, TileSpec(tile=None, overlap=0, align=2)), out, atol=1e-6, rtol=0)
     assert model.sample(rand(1, 3, 1, 3), tau=0.5).shape == (1, 3, 4, 12)  # too small to reflect
 
 
@@ -435,23 +432,22 @@ def test_tiled_sample_equals_untiled() -> None:
     assert radius == 16
     image = rand(1, 3, 64, 64, seed=7)
     runner = SRFlowRunner(model, "cpu", "fp32", tau=0.8, seed=11)
-    whole = upscale_tiled(runner, image, tile=None, overlap=radius, align=2)
+    whole = upscale_tiled(runner, image, TileSpec(tile=None, overlap=radius, align=2))
     direct = model.sample(image, noise=model.draw_noise(64, 64, 0.8, torch.Generator().manual_seed(11)))
     torch.testing.assert_close(whole, direct, atol=1e-6, rtol=0)
     for tile in (32, 40):
-        tiled = upscale_tiled(runner, image, tile=tile, overlap=radius, align=2, batch=2)
+        tiled = upscale_tiled(runner, image, TileSpec(tile=tile, overlap=radius, align=2, batch=2))
         assert (tiled - whole).abs().max().item() < TILE_TOLERANCE, tile
-    seams = upscale_tiled(runner, image, tile=32, overlap=6, align=2)
+    seams = upscale_tiled(runner, image, TileSpec(tile=32, overlap=6, align=2))
     assert (seams - whole).abs().max().item() > 1e-2
-    other_seed = upscale_tiled(SRFlowRunner(model, "cpu", "fp32", tau=0.8, seed=12), image, tile=None,
-                               overlap=radius, align=2)
+    other_seed = upscale_tiled(SRFlowRunner(model, "cpu", "fp32", tau=0.8, seed=12), image, TileSpec(tile=None, overlap=radius, align=2))
     assert (other_seed - whole).abs().max().item() > 0.05
 
 
 def test_runner_refuses_unaligned_windows() -> None:
     runner = SRFlowRunner(tiny_model(), "cpu", "fp32", tau=0.5, seed=0)
     with pytest.raises(ValueError, match="aligned"):
-        upscale_tiled(runner, rand(1, 3, 20, 20), tile=9, overlap=3)  # align=1: odd tile origins
+        upscale_tiled(runner, rand(1, 3, 20, 20), TileSpec(tile=9, overlap=3))  # align=1: odd tile origins
 
 
 def test_receptive_radius_bounds_the_influence_of_an_lr_pixel() -> None:
@@ -470,8 +466,8 @@ def test_receptive_radius_bounds_the_influence_of_an_lr_pixel() -> None:
 def test_bf16_encoder_stays_close_to_fp32() -> None:
     model = tiny_model()
     image = rand(1, 3, 16, 16)
-    fp32 = upscale_tiled(SRFlowRunner(model, "cpu", "fp32", tau=0.8, seed=0), image, tile=None, overlap=0, align=2)
-    bf16 = upscale_tiled(SRFlowRunner(model, "cpu", "bf16", tau=0.8, seed=0), image, tile=None, overlap=0, precision="bf16", align=2)
+    fp32 = upscale_tiled(SRFlowRunner(model, "cpu", "fp32", tau=0.8, seed=0), image, TileSpec(tile=None, overlap=0, align=2))
+    bf16 = upscale_tiled(SRFlowRunner(model, "cpu", "bf16", tau=0.8, seed=0), image, TileSpec(tile=None, overlap=0, align=2), precision="bf16")
     assert torch.isfinite(bf16).all()
     assert (bf16 - fp32).abs().mean().item() < 0.02
 
@@ -504,12 +500,12 @@ def test_engine_and_cli_sample_srflow_by_seed_and_tau(tmp_path: Path) -> None:
     upscaler = load_upscaler(str(path), precision="fp32")
     assert upscaler.stochastic and upscaler.default_tau is not None
     rgb = smooth_image(21, 26, 4).astype(np.float32) / 255  # odd height: padded to even, then cropped
-    first = upscaler.upscale(rgb, 104, 84, "none", seed=5, tau=0.8)
+    first = upscaler.upscale(rgb, 104, 84, "none", options=RunOptions(5, 0.8))
     assert first.shape == (84, 104, 3)
-    assert np.array_equal(first, upscaler.upscale(rgb, 104, 84, "none", seed=5, tau=0.8))
-    assert not np.array_equal(first, upscaler.upscale(rgb, 104, 84, "none", seed=6, tau=0.8))
-    assert np.array_equal(upscaler.upscale(rgb, 104, 84, "none", seed=1, tau=0.0),
-                          upscaler.upscale(rgb, 104, 84, "none", seed=2, tau=0.0))
+    assert np.array_equal(first, upscaler.upscale(rgb, 104, 84, "none", options=RunOptions(5, 0.8)))
+    assert not np.array_equal(first, upscaler.upscale(rgb, 104, 84, "none", options=RunOptions(6, 0.8)))
+    assert np.array_equal(upscaler.upscale(rgb, 104, 84, "none", options=RunOptions(1, 0.0)),
+                          upscaler.upscale(rgb, 104, 84, "none", options=RunOptions(2, 0.0)))
     Image.fromarray(smooth_image(21, 26, 4)).save(tmp_path / "lr.png")
     result = CliRunner().invoke(cli, [str(tmp_path / "lr.png"), "-m", str(path), "--tau", "0.8", "--seed", "5",
                                       "--precision", "fp32", "-o", str(tmp_path / "out"),

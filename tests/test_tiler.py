@@ -10,6 +10,9 @@ from torch import nn
 
 from upscale_cli.errors import InferenceError
 from upscale_cli.tiler import (
+    IMAGE,
+    Prepared,
+    TileSpec,
     Window,
     auto_tile_size,
     available_memory,
@@ -46,10 +49,11 @@ class NetRunner:
         self.net = tiny_net(scale)
         self.shapes: list[tuple[int, ...]] = []
 
-    def prepare(self, image: torch.Tensor) -> object:
+    def prepare(self, inputs, max_pixels: int | None) -> object:
         return None
 
-    def run_tile(self, tile: torch.Tensor, state: object, windows: list[Window], precision: str) -> torch.Tensor:
+    def run_tile(self, tiles, state: object, windows: list[Window], precision: str) -> torch.Tensor:
+        tile = tiles[IMAGE]
         assert len(windows) == tile.shape[0]
         self.shapes.append(tuple(tile.shape))
         with torch.inference_mode():  # as the real runners do: the engine must cope with inference tensors
@@ -68,11 +72,12 @@ class OomRunner(NetRunner):
         self.limit = limit
         self.failures = 0
 
-    def run_tile(self, tile: torch.Tensor, state: object, windows: list[Window], precision: str) -> torch.Tensor:
+    def run_tile(self, tiles, state: object, windows: list[Window], precision: str) -> torch.Tensor:
+        tile = tiles[IMAGE]
         if tile.shape[0] * tile.shape[2] * tile.shape[3] > self.limit:
             self.failures += 1
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (fake)")
-        return super().run_tile(tile, state, windows, precision)
+        return super().run_tile(tiles, state, windows, precision)
 
 
 class NanRunner(NetRunner):
@@ -84,9 +89,9 @@ class NanRunner(NetRunner):
         self.nan_precisions = nan_precisions
         self.precisions: list[str] = []
 
-    def run_tile(self, tile: torch.Tensor, state: object, windows: list[Window], precision: str) -> torch.Tensor:
+    def run_tile(self, tiles, state: object, windows: list[Window], precision: str) -> torch.Tensor:
         self.precisions.append(precision)
-        output = super().run_tile(tile, state, windows, precision).clone()
+        output = super().run_tile(tiles, state, windows, precision).clone()
         for index, window in enumerate(windows):
             if (window.top, window.left) == self.bad and precision in self.nan_precisions:
                 output[index, :, 0, 0] = float("nan")
@@ -104,11 +109,12 @@ class CoordRunner:
         self.offset = offset
         self.prepare_calls = 0
 
-    def prepare(self, image: torch.Tensor) -> object:
+    def prepare(self, inputs, max_pixels: int | None) -> object:
         self.prepare_calls += 1
         return self.offset
 
-    def run_tile(self, tile: torch.Tensor, state: object, windows: list[Window], precision: str) -> torch.Tensor:
+    def run_tile(self, tiles, state: object, windows: list[Window], precision: str) -> torch.Tensor:
+        tile = tiles[IMAGE]
         for index, window in enumerate(windows):
             assert window.in_top == max(0, window.top - self.overlap)
             assert window.in_left == max(0, window.left - self.overlap)
@@ -194,7 +200,7 @@ def test_make_windows() -> None:
 def test_tiled_equals_untiled(scale: int, size: tuple[int, int], tile: int, overlap: int) -> None:
     runner = NetRunner(scale)
     image = random_image(*size)
-    tiled = upscale_tiled(runner, image, tile=tile, overlap=overlap)
+    tiled = upscale_tiled(runner, image, TileSpec(tile=tile, overlap=overlap))
     assert tiled.dtype == torch.float32
     assert tiled.shape == (1, 3, size[0] * scale, size[1] * scale)
     assert max_error(tiled, runner.untiled(image)) < 1e-4
@@ -203,14 +209,14 @@ def test_tiled_equals_untiled(scale: int, size: tuple[int, int], tile: int, over
 def test_overlap_below_radius_shows_seams() -> None:
     runner = NetRunner()
     image = random_image(40, 40)
-    tiled = upscale_tiled(runner, image, tile=16, overlap=1)
+    tiled = upscale_tiled(runner, image, TileSpec(tile=16, overlap=1))
     assert max_error(tiled, runner.untiled(image)) > 1e-3
 
 
 def test_whole_image_without_tile() -> None:
     runner = NetRunner()
     image = random_image(23, 31)
-    tiled = upscale_tiled(runner, image, tile=None, overlap=RADIUS)
+    tiled = upscale_tiled(runner, image, TileSpec(tile=None, overlap=RADIUS))
     assert runner.shapes == [(1, 3, 23, 31)]
     assert max_error(tiled, runner.untiled(image)) < 1e-4
 
@@ -218,7 +224,7 @@ def test_whole_image_without_tile() -> None:
 def test_batches_group_same_shaped_windows() -> None:
     runner = NetRunner()
     image = random_image(60, 60)
-    tiled = upscale_tiled(runner, image, tile=16, overlap=RADIUS, batch=3)
+    tiled = upscale_tiled(runner, image, TileSpec(tile=16, overlap=RADIUS, batch=3))
     assert max(shape[0] for shape in runner.shapes) == 3
     assert sum(shape[0] for shape in runner.shapes) == len(make_windows(60, 60, 16, RADIUS))
     assert max_error(tiled, runner.untiled(image)) < 1e-4
@@ -229,11 +235,11 @@ def test_prepare_once_and_windows_match_tiles() -> None:
     image = coord_image(*size)
     expected = image.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3) + 7.0
     runner = CoordRunner(size, overlap, offset=7.0)
-    result = upscale_tiled(runner, image, tile=16, overlap=overlap, batch=2)
+    result = upscale_tiled(runner, image, TileSpec(tile=16, overlap=overlap, batch=2))
     assert runner.prepare_calls == 1
     assert max_error(result, expected) < 1e-4
 
-    result = upscale_tiled(runner, image, tile=16, overlap=overlap, state=7.0, prepared=True)
+    result = upscale_tiled(runner, image, TileSpec(tile=16, overlap=overlap), prepared=Prepared(7.0))
     assert runner.prepare_calls == 1
     assert max_error(result, expected) < 1e-4
 
@@ -244,7 +250,7 @@ def test_on_tile_counts_to_total() -> None:
     def on_tile(done: int, total: int) -> None:
         calls.append((done, total))
 
-    upscale_tiled(NetRunner(), random_image(50, 35), tile=16, overlap=RADIUS, batch=2, on_tile=on_tile)
+    upscale_tiled(NetRunner(), random_image(50, 35), TileSpec(tile=16, overlap=RADIUS, batch=2), on_tile=on_tile)
     total = len(make_windows(50, 35, 16, RADIUS))
     assert calls == [(done, total) for done in range(1, total + 1)]
 
@@ -256,7 +262,7 @@ def test_oom_halves_tiles_and_stays_seamless() -> None:
     image = random_image(100, 100)
     runner = OomRunner(limit=30 * 30)  # regions are 36 px, windows up to 44 px
     warnings: list[str] = []
-    tiled = upscale_tiled(runner, image, tile=48, overlap=4, warn=warnings.append)
+    tiled = upscale_tiled(runner, image, TileSpec(tile=48, overlap=4), warn=warnings.append)
     assert max_error(tiled, runner.untiled(image)) < 1e-4
     assert runner.failures == 1  # later regions were split up front
     assert max(max(h, w) for _, _, h, w in runner.shapes) <= 18 + 2 * 4
@@ -267,7 +273,7 @@ def test_oom_halves_repeatedly() -> None:
     image = random_image(64, 64)
     runner = OomRunner(limit=25 * 25)
     warnings: list[str] = []
-    tiled = upscale_tiled(runner, image, tile=None, overlap=RADIUS, min_tile=8, warn=warnings.append)
+    tiled = upscale_tiled(runner, image, TileSpec(tile=None, overlap=RADIUS, min_tile=8), warn=warnings.append)
     assert max_error(tiled, runner.untiled(image)) < 1e-4
     # the whole image fails, then its 24 px sub-regions (30 px windows) fail, 12 px ones fit
     assert warnings == [
@@ -280,7 +286,7 @@ def test_oom_in_batch_retries_tiles_one_by_one() -> None:
     image = random_image(48, 48)
     runner = OomRunner(limit=30 * 30)  # one 16+2*3 px window fits, two do not
     warnings: list[str] = []
-    tiled = upscale_tiled(runner, image, tile=16, overlap=RADIUS, batch=4, warn=warnings.append)
+    tiled = upscale_tiled(runner, image, TileSpec(tile=16, overlap=RADIUS, batch=4), warn=warnings.append)
     assert max_error(tiled, runner.untiled(image)) < 1e-4
     assert runner.failures > 0
     assert all(batch == 1 for batch, _, _, _ in runner.shapes)
@@ -290,7 +296,7 @@ def test_oom_in_batch_retries_tiles_one_by_one() -> None:
 def test_oom_below_min_tile_raises() -> None:
     runner = OomRunner(limit=10)
     with pytest.raises(InferenceError, match="out of memory"):
-        upscale_tiled(runner, random_image(40, 40), tile=32, overlap=RADIUS, min_tile=16)
+        upscale_tiled(runner, random_image(40, 40), TileSpec(tile=32, overlap=RADIUS, min_tile=16))
 
 
 def test_other_errors_propagate() -> None:
@@ -299,7 +305,7 @@ def test_other_errors_propagate() -> None:
             raise RuntimeError("shape mismatch")
 
     with pytest.raises(RuntimeError, match="shape mismatch"):
-        upscale_tiled(Broken(), random_image(20, 20), tile=16, overlap=RADIUS)
+        upscale_tiled(Broken(), random_image(20, 20), TileSpec(tile=16, overlap=RADIUS))
 
 
 def test_is_out_of_memory() -> None:
@@ -318,11 +324,9 @@ def test_nan_in_bf16_is_redone_in_fp32() -> None:
     bad = make_windows(40, 40, 16, RADIUS)[4]
     runner = NanRunner((bad.top, bad.left), nan_precisions=("bf16",))
     warnings: list[str] = []
-    tiled = upscale_tiled(
-        runner, image, tile=16, overlap=RADIUS, precision="bf16", batch=2, warn=warnings.append
-    )
+    tiled = upscale_tiled(runner, image, TileSpec(tile=16, overlap=RADIUS, batch=2), precision="bf16", warn=warnings.append)
     assert torch.isfinite(tiled).all()
-    reference = upscale_tiled(NetRunner(), image, tile=16, overlap=RADIUS, precision="fp32")
+    reference = upscale_tiled(NetRunner(), image, TileSpec(tile=16, overlap=RADIUS), precision="fp32")
     assert max_error(tiled, reference) < 1e-6
     assert runner.precisions.count("fp32") == 1
     assert len(warnings) == 1 and "fp32" in warnings[0] and f"y={bad.top}, x={bad.left}" in warnings[0]
@@ -332,7 +336,7 @@ def test_nan_in_bf16_is_redone_in_fp32() -> None:
 def test_nan_in_fp32_raises(precision: str, nan_precisions: tuple[str, ...]) -> None:
     runner = NanRunner((0, 0), nan_precisions=nan_precisions)
     with pytest.raises(InferenceError, match="NaN"):
-        upscale_tiled(runner, random_image(30, 30), tile=16, overlap=RADIUS, precision=precision)
+        upscale_tiled(runner, random_image(30, 30), TileSpec(tile=16, overlap=RADIUS), precision=precision)
 
 
 # --- memory sizing ------------------------------------------------------------------------------
@@ -397,20 +401,20 @@ class AlignedRunner(OomRunner):
         self.align = align
         self.windows: list[Window] = []
 
-    def run_tile(self, tile: torch.Tensor, state: object, windows: list[Window], precision: str) -> torch.Tensor:
+    def run_tile(self, tiles, state: object, windows: list[Window], precision: str) -> torch.Tensor:
         for w in windows:
             assert w.in_top % self.align == 0 and w.in_left % self.align == 0
             assert w.in_height % self.align == 0 and w.in_width % self.align == 0
             assert w.top % self.align == 0 and w.left % self.align == 0
         self.windows.extend(windows)
-        return super().run_tile(tile, state, windows, precision)
+        return super().run_tile(tiles, state, windows, precision)
 
 
 @pytest.mark.parametrize(("size", "tile", "overlap", "align"), [((40, 52), 16, 3, 2), ((48, 36), 20, 5, 4)])
 def test_aligned_tiling_is_seamless(size: tuple[int, int], tile: int, overlap: int, align: int) -> None:
     runner = AlignedRunner(limit=10**9, align=align)
     image = random_image(*size)
-    tiled = upscale_tiled(runner, image, tile=tile, overlap=overlap, align=align, batch=2)
+    tiled = upscale_tiled(runner, image, TileSpec(tile=tile, overlap=overlap, align=align, batch=2))
     assert len(runner.windows) == len(make_windows(*size, tile, overlap, align)) > 1
     assert max_error(tiled, runner.untiled(image)) < 1e-4
 
@@ -419,7 +423,7 @@ def test_aligned_oom_shrinking_keeps_alignment() -> None:
     image = random_image(64, 64)
     runner = AlignedRunner(limit=30 * 30, align=4)
     warnings: list[str] = []
-    tiled = upscale_tiled(runner, image, tile=48, overlap=3, align=4, warn=warnings.append)
+    tiled = upscale_tiled(runner, image, TileSpec(tile=48, overlap=3, align=4), warn=warnings.append)
     assert max_error(tiled, runner.untiled(image)) < 1e-4
     assert runner.failures >= 1 and warnings
     assert all(int(w.split()[-3]) % 4 == 0 for w in warnings)  # "... continuing with N px tiles"
@@ -427,6 +431,6 @@ def test_aligned_oom_shrinking_keeps_alignment() -> None:
 
 def test_align_arguments_checked() -> None:
     with pytest.raises(ValueError, match="alignment"):
-        upscale_tiled(NetRunner(), random_image(20, 20), tile=16, overlap=3, align=0)
+        upscale_tiled(NetRunner(), random_image(20, 20), TileSpec(tile=16, overlap=3, align=0))
     with pytest.raises(ValueError, match="alignment"):
-        upscale_tiled(NetRunner(), random_image(20, 20), tile=3, overlap=1, align=4)
+        upscale_tiled(NetRunner(), random_image(20, 20), TileSpec(tile=3, overlap=1, align=4))

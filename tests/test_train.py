@@ -89,9 +89,7 @@ def test_loss_falls_and_export_records_provenance(image_folder: Path, tmp_path: 
     val = tmp_path / "val"
     val.mkdir()
     (val / "a.png").write_bytes((image_folder / "img_0.png").read_bytes())
-    from upscale_cli.train.validate import make_validator
-
-    trainer = Trainer(config, tmp_path / "run", "upscale train --model srresnet", validate=make_validator(config))
+    trainer = Trainer(config, tmp_path / "run", "upscale train --model srresnet")  # the recipe's validator
     exported = trainer.run()
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in log if "loss" in r]
@@ -174,6 +172,72 @@ def test_settings_are_typed_and_unknown_keys_rejected() -> None:
         parse_set_options(("lr",))
 
 
+def test_each_recipe_has_its_own_typed_settings() -> None:
+    """GAN weights live in the GAN recipe's section and flow schedules in the flow's: each is typed, and a
+    setting of another recipe is refused instead of silently carried along."""
+    gan = apply_settings(TrainConfig(model="srgan"), {"adv_weight": "0.01", "content": "vgg"}, strings=True)
+    assert gan.options.adv_weight == 0.01 and gan.options.content == "vgg"
+    assert json.loads(gan.to_json())["adv_weight"] == 0.01  # one flat JSON object, as run directories hold
+    assert TrainConfig.from_settings(json.loads(gan.to_json())) == gan
+    with pytest.raises(ValueError, match="unknown training setting 'adv_weight'"):
+        apply_settings(TrainConfig(model="srresnet"), {"adv_weight": 0.01})
+    with pytest.raises(ValueError, match="expected float"):
+        apply_settings(TrainConfig(model="srflow"), {"encoder_frozen_fraction": "half"}, strings=True)
+    flow = apply_settings(gan, {"model": "srflow", "encoder_warmup": 5})
+    assert flow.options.encoder_warmup == 5 and not hasattr(flow.options, "adv_weight")
+
+
+def test_an_unavailable_training_device_is_a_usage_error(image_folder: Path, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from upscale_cli.cli import cli
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the refusal is only seen without it")
+    result = CliRunner().invoke(cli, ["train", "--data", str(image_folder), "--device", "cuda", "--iters", "1",
+                                      "--run-dir", str(tmp_path / "run")])
+    assert result.exit_code == 2 and "no CUDA device" in result.output
+    assert not (tmp_path / "run" / "state.pt").exists()
+
+
+def test_the_loop_takes_batches_from_the_recipe_and_moves_them_to_the_device(image_folder: Path, tmp_path: Path,
+                                                                              monkeypatch) -> None:
+    """A recipe's batch source may carry extra inputs (a prior, a style image); the loop hands the whole batch,
+    on the training device, to the recipe's step."""
+    from upscale_cli.train.data import Batch
+    from upscale_cli.train.recipes.srresnet import SRResNetRecipe
+
+    class WithPrior:
+        def __init__(self, inner) -> None:
+            self.inner = inner
+
+        def next_batch(self) -> Batch:
+            batch = self.inner.next_batch()
+            return Batch(batch.lr, batch.hr, {"prior": torch.ones(batch.hr.shape[0], 8, *batch.hr.shape[2:])})
+
+        def fork(self, seed: int):
+            return WithPrior(self.inner.fork(seed))
+
+        def state_dict(self):
+            return self.inner.state_dict()
+
+        def load_state_dict(self, state) -> None:
+            self.inner.load_state_dict(state)
+
+    seen = []
+    original_batches, original_step = SRResNetRecipe.batches, SRResNetRecipe.train_step
+    monkeypatch.setattr(SRResNetRecipe, "batches", lambda self, seed: WithPrior(original_batches(self, seed)))
+
+    def step(self, batch, step, autocast):
+        seen.append((sorted(batch.extras), batch.extras["prior"].device, batch.lr.device))
+        return original_step(self, batch, step, autocast)
+
+    monkeypatch.setattr(SRResNetRecipe, "train_step", step)
+    trainer = Trainer(tiny_config(image_folder, iters=2, device="cpu"), tmp_path / "run", "test")
+    trainer.run()
+    assert seen == [(["prior"], torch.device("cpu"), torch.device("cpu"))] * 2
+
+
 @pytest.mark.parametrize(("args", "toml", "expected"), [
     (["--model", "srflow"], "", {"model": "srflow", "ema": 0.0, "lr": 2.5e-4}),
     (["--model", "srflow", "--lr", "1e-3", "--set", "ema=0.9"], "", {"ema": 0.9, "lr": 1e-3}),
@@ -247,7 +311,7 @@ from upscale_cli.train.config import TrainConfig
 from upscale_cli.train.loop import Trainer
 import torch.distributed as dist
 
-config = TrainConfig(**json.loads(sys.argv[1]))
+config = TrainConfig.from_settings(json.loads(sys.argv[1]))
 trainer = Trainer(config, Path(sys.argv[2]), "test")
 rank = trainer.dist.rank
 trainer.run()

@@ -13,18 +13,17 @@ Loading builds the architecture from `arch` + `config` and loads tensors strictl
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import load_file, safe_open, save
 from torch import nn
 
 from upscale_cli.archs import get_architecture
+from upscale_cli.atomic import write_atomically
 from upscale_cli.errors import CheckpointError
 
 FORMAT = "upscale-cli"
@@ -82,18 +81,10 @@ class CheckpointInfo:
 
 
 def save_checkpoint(path: Path, model: nn.Module, info: CheckpointInfo) -> None:
-    """Write `model`'s tensors and `info` atomically (temporary file in the same folder, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write `model`'s tensors and `info` atomically (`atomic.write_atomically`, fsynced, then renamed)."""
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=info.to_metadata())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    data = save(tensors, metadata=info.to_metadata())
+    write_atomically(path, lambda handle: handle.write(data))
 
 
 def record_metrics(path: Path, name: str, figures: dict[str, Any]) -> None:

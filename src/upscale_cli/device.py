@@ -37,20 +37,21 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def resolve_precision(name: str, device: torch.device, supports_half: bool = True) -> str:
+def resolve_precision(name: str, device: torch.device, bf16: bool = True, fp16: bool = True) -> str:
     """The concrete precision for `auto`, and refusals for combinations that cannot work.
 
     auto: bf16 on CPUs with native bf16, fp32 on other CPUs, bf16 (or fp16 without bf16 support)
-    on CUDA; fp32 for models that do not support reduced precision. fp16 is never used on the CPU.
+    on CUDA; `bf16` / `fp16` False (the model's descriptor) keep auto from picking that precision.
+    fp16 is never used on the CPU.
     """
     if name not in PRECISIONS:
         raise ValueError(f"unknown precision {name!r} (use {', '.join(PRECISIONS)})")
     if name == "auto":
-        if not supports_half:
-            return "fp32"
         if device.type == "cuda":
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        return "bf16" if cpu_has_native_bf16() else "fp32"
+            if bf16 and torch.cuda.is_bf16_supported():
+                return "bf16"
+            return "fp16" if fp16 else "fp32"
+        return "bf16" if bf16 and cpu_has_native_bf16() else "fp32"
     if name == "fp16" and device.type == "cpu":
         raise ValueError("fp16 is not supported on the CPU (use bf16 or fp32)")
     return name

@@ -1,11 +1,13 @@
 """From a model name to upscaled pixels: load the network, pick device and precision, run it tiled.
 
-`Upscaler` is what the CLI and the benchmarks hold: it knows its native scale, runs as many tiled
-passes as a requested factor needs, and resamples to the exact target size with Lanczos. With `tta`
-a deterministic model runs on the 8 flips and rotations of its input and the results are averaged
-(the self-ensemble of Lim et al. 2017: 8x the time for a small PSNR gain; `upscale bench quality --tta`).
-With `color_fix` the output's content at the input's scale (colour, brightness, shading) is matched to
-the input by one back-projection step (`color_fix`).
+`Upscaler` is what the CLI, the benchmarks and the Python API hold. Everything model-specific comes
+from the model's descriptor (`archs/base.py`): the runner, the extra inputs, the size requirements.
+For super-resolution models it runs as many tiled passes as a requested factor needs and resamples to
+the exact target size with Lanczos; image-to-image models (scale 1) run once at the input's size.
+With `tta` a deterministic model runs on the 8 flips and rotations of its inputs and the results are
+averaged (the self-ensemble of Lim et al. 2017: 8x the time for a small PSNR gain; `upscale bench
+quality --tta`). With `color_fix` a super-resolution output's content at the input's scale (colour,
+brightness, shading) is matched to the input by one back-projection step (`color_fix`).
 """
 
 from __future__ import annotations
@@ -14,70 +16,87 @@ import math
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from upscale_cli.archs import get_architecture
+from upscale_cli.archs.base import AT_OUTPUT, SUPER_RESOLUTION, WHOLE, ModelDescriptor, RunOptions
 from upscale_cli.checkpoint import CheckpointInfo, load_model, weights_digest
-from upscale_cli.device import autocast, channels_last_helps, resolve_device, resolve_precision
+from upscale_cli.device import resolve_device, resolve_precision
 from upscale_cli.image_io import lanczos_resize
 from upscale_cli.models import BICUBIC, find_weights, looks_like_path
 from upscale_cli.resize import imresize
-from upscale_cli.tiler import TileRunner, Window, auto_tile_size, available_memory, upscale_tiled
-
-
-class NetworkRunner:
-    """Runs a feed-forward SR network on tiles (the TileRunner of every deterministic model)."""
-
-    def __init__(self, module: nn.Module, scale: int, device: torch.device, precision: str) -> None:
-        self.scale = scale
-        self.device = device
-        self.channels_last = channels_last_helps(device, precision)
-        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
-        self.module = module.eval().requires_grad_(False).to(device, memory_format=memory_format)
-
-    def prepare(self, image: torch.Tensor) -> object:
-        return None
-
-    @torch.inference_mode()
-    def run_tile(self, tile: torch.Tensor, state: object, windows: list[Window], precision: str) -> torch.Tensor:
-        x = tile.to(self.device)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(self.device, precision):
-            out = self.module(x)
-        return out.float().cpu().contiguous()
+from upscale_cli.tiler import TileInput, TileSpec, auto_tile_size, available_memory, upscale_tiled
 
 
 @dataclass
 class Upscaler:
-    """A loaded model ready to upscale whole images."""
+    """A loaded model ready to upscale whole images (`descriptor` and `module` are None for bicubic)."""
 
     name: str
     scale: int
     device: torch.device
     precision: str
-    runner: TileRunner | None  # None for the bicubic baseline
+    descriptor: ModelDescriptor | None = None
+    module: nn.Module | None = None
     info: CheckpointInfo | None = None
     path: Path | None = None
-    overlap: int = 0  # LR px between tiles; models take their architecture's tile_overlap
-    bytes_per_lr_pixel: int = 0
-    sampler: Callable[[float, int], TileRunner] | None = None  # stochastic models: (tau, seed) -> runner
-    default_tau: float | None = None
-    nll: Callable[..., float] | None = None  # density models: (hr, lr, seed=) -> NLL in bits/dim
+    overlap: int = 0  # input px between tiles; models take their descriptor's tile_overlap
+    bytes_per_input_pixel: int = 0
     tta: bool = False  # average the 8 flips and rotations (deterministic models only)
-    color_fix: bool = False  # back-project the input's low frequencies into the output
+    color_fix: bool = False  # back-project the input's low frequencies into the output (super-resolution)
     digest: str | None = None  # `weights_digest` of the checkpoint, for provenance tags
 
     @property
+    def is_network(self) -> bool:
+        return self.module is not None
+
+    @property
+    def task(self) -> str:
+        return SUPER_RESOLUTION if self.descriptor is None else self.descriptor.task
+
+    @property
     def stochastic(self) -> bool:
-        return self.sampler is not None
+        return self.descriptor is not None and self.descriptor.stochastic
+
+    @property
+    def default_tau(self) -> float | None:
+        return None if self.descriptor is None else self.descriptor.default_tau
+
+    @property
+    def nll(self) -> Callable[..., float] | None:
+        """Density models: (hr, lr, seed=) -> NLL of the HR in bits/dim."""
+        if self.descriptor is None or self.descriptor.likelihood is None:
+            return None
+        return partial(self.descriptor.likelihood, self.module, device=self.device)
+
+    def output_size(self, width: int, height: int, scale: float | None = None, out_width: int | None = None,
+                    out_height: int | None = None) -> tuple[int, int]:
+        """The output (width, height) of a `width` x `height` input: the native scale, another `scale`, or
+        `out_width` / `out_height` (the aspect kept when only one is given). Image-to-image models keep the
+        input's size and refuse the rest (ValueError)."""
+        if self.task != SUPER_RESOLUTION:
+            if scale is not None or out_width or out_height:
+                raise ValueError(f"{self.name} is an {self.task} model (its output has the input's size): "
+                                 "a scale, width or height is for super-resolution models")
+            return width, height
+        if out_width and out_height:
+            return out_width, out_height
+        if out_width:
+            return out_width, max(1, round(height * out_width / width))
+        if out_height:
+            return max(1, round(width * out_height / height)), out_height
+        factor = scale or self.scale
+        return max(1, round(width * factor)), max(1, round(height * factor))
 
     def passes(self, width: int, height: int, out_width: int, out_height: int) -> int:
         """How many runs of the model a `width` x `height` input needs to reach the output size."""
+        if self.task != SUPER_RESOLUTION or self.scale < 2:
+            return 1
         factor = max(out_width / width, out_height / height)
         return max(1, math.ceil(math.log(factor) / math.log(self.scale) - 1e-9)) if factor > 1 else 1
 
@@ -88,7 +107,7 @@ class Upscaler:
         Asked before a long run, so that a batch reports one file too large for this machine and goes
         on, instead of being killed by the kernel halfway through it.
         """
-        grown = self.scale ** self.passes(width, height, out_width, out_height) if self.runner is not None else 1
+        grown = self.scale ** self.passes(width, height, out_width, out_height) if self.is_network else 1
         pixels = max(width * height * grown * grown, out_width * out_height)
         copies = OUTPUT_FLOAT_COPIES + (1 if self.tta else 0) + (1 if self.color_fix else 0) + kept
         needed = pixels * 3 * 4 * copies
@@ -99,31 +118,37 @@ class Upscaler:
 
     def choose_tile(self, spec: str, height: int, width: int) -> int | None:
         """`none`, an explicit size, or `auto`: the largest tile the free memory allows (None if the image fits)."""
-        if spec == "none" or self.runner is None:
+        if spec == "none" or not self.is_network:
             return None
         if spec != "auto":
             return int(spec)
-        tile = auto_tile_size(self.bytes_per_lr_pixel, available_memory(self.device), self.overlap, self.precision)
+        tile = auto_tile_size(self.bytes_per_input_pixel, available_memory(self.device), self.overlap, self.precision)
         return None if max(height, width) <= tile else tile
+
+    def tile_spec(self, spec: str, height: int, width: int) -> TileSpec:
+        """The tiling of a `height` x `width` input: `choose_tile`, the overlap and the model's size requirements."""
+        assert self.descriptor is not None
+        size = self.descriptor.size
+        return TileSpec(tile=self.choose_tile(spec, height, width), overlap=self.overlap, align=size.multiple,
+                        minimum=size.minimum)
 
     def upscale(self, rgb: np.ndarray, out_width: int, out_height: int, tile_spec: str = "auto",
                 on_tile: Callable[[int, int], None] | None = None, warn: Callable[[str], None] | None = None,
-                seed: int = 0, tau: float | None = None) -> np.ndarray:
+                options: RunOptions = RunOptions()) -> np.ndarray:
         """Float RGB (H, W, 3) in [0, 1] to (out_height, out_width, 3), unclamped float32.
 
-        Stochastic models draw the sample of `seed` at temperature `tau` (default: the model's);
-        deterministic models ignore both.
+        `options` carries a stochastic model's seed and temperature and the extra inputs the model declares
+        ((1, C, h, w) tensors at any size: resized to where each pass needs them).
         """
         image = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))[None].float()
-        if self.runner is None:
+        if self.module is None:
             return imresize(image[0], size=(out_height, out_width)).permute(1, 2, 0).numpy()
-        runner = self.runner
-        if self.sampler is not None:
-            runner = self.sampler(self.default_tau if tau is None else tau, seed)
+        self._check_extras(options)
+        runner = self.descriptor.runner(self.module, self.device, self.precision, options)
         height, width = image.shape[-2:]
         source = image
         for _ in range(self.passes(width, height, out_width, out_height)):
-            image = self._tiled_pass(runner, image, tile_spec, on_tile, warn)
+            image = self._tiled_pass(runner, image, options, tile_spec, on_tile, warn)
         if self.color_fix:
             image = color_fix(image, source)
         result = image[0].permute(1, 2, 0).numpy()
@@ -131,28 +156,66 @@ class Upscaler:
             result = lanczos_resize(result, out_width, out_height)
         return result
 
-    def _tiled_pass(self, runner: TileRunner, image: torch.Tensor, tile_spec: str,
+    def _check_extras(self, options: RunOptions) -> None:
+        """Every declared extra input given, and nothing else."""
+        declared = {extra.name for extra in self.descriptor.extra_inputs}
+        unknown = sorted(set(options.extras) - declared)
+        if unknown:
+            raise ValueError(f"{self.name} takes no input named {', '.join(unknown)}"
+                             f" (it takes: {', '.join(sorted(declared)) or 'the image only'})")
+        missing = sorted(declared - set(options.extras))
+        if missing:
+            about = {extra.name: extra.about for extra in self.descriptor.extra_inputs}
+            raise ValueError(f"{self.name} needs the input {', '.join(f'{m!r} ({about[m]})' for m in missing)}")
+
+    def _pass_inputs(self, image: torch.Tensor, options: RunOptions) -> dict[str, TileInput]:
+        """The extra inputs of one pass over `image`, each resized to the size that pass reads it at."""
+        height, width = image.shape[-2:]
+        inputs = {}
+        for extra in self.descriptor.extra_inputs:
+            tensor = options.extras[extra.name].float()
+            if extra.at == WHOLE:
+                inputs[extra.name] = TileInput(tensor, None)
+                continue
+            factor = self.scale if extra.at == AT_OUTPUT else 1
+            inputs[extra.name] = TileInput(_resized(tensor, height * factor, width * factor), factor)
+        return inputs
+
+    def _tiled_pass(self, runner: Any, image: torch.Tensor, options: RunOptions, tile_spec: str,
                     on_tile: Callable[[int, int], None] | None, warn: Callable[[str], None] | None) -> torch.Tensor:
-        """One run of the network over the whole image, or with `tta` the mean of its 8 dihedral views."""
+        """One run of the network over the whole image, or with `tta` the mean of its 8 dihedral views
+        (every spatial input turned with the image)."""
         views = DIHEDRAL_VIEWS if self.tta else DIHEDRAL_VIEWS[:1]
+        extras = self._pass_inputs(image, options)
         total = None
         for index, (turns, flip) in enumerate(views):
             view = dihedral(image, turns, flip)
+            turned = {name: item if item.scale is None else TileInput(dihedral(item.tensor, turns, flip), item.scale)
+                      for name, item in extras.items()}
             report = None if on_tile is None else partial(_report_view, on_tile, index, len(views))
-            out = upscale_tiled(runner, view, tile=self.choose_tile(tile_spec, *view.shape[-2:]), overlap=self.overlap,
-                                precision=self.precision, on_tile=report, warn=warn, align=getattr(runner, "align", 1))
+            out = upscale_tiled(runner, view, self.tile_spec(tile_spec, *view.shape[-2:]), extras=turned,
+                                precision=self.precision, on_tile=report, warn=warn)
             out = undo_dihedral(out, turns, flip)
             total = out if total is None else total.add_(out)
         assert total is not None
         return total.div_(len(views)) if len(views) > 1 else total
 
 
+def _resized(tensor: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """A (1, C, h, w) input at (height, width): unchanged when it is that size already, else bilinear
+    (antialiased when shrinking), which keeps per-pixel probabilities summing to one."""
+    if tuple(tensor.shape[-2:]) == (height, width):
+        return tensor
+    return F.interpolate(tensor, size=(height, width), mode="bilinear", align_corners=False, antialias=True)
+
+
 def variants(upscalers: list[Upscaler], tta: bool = False, color_fix: bool = False) -> list[Upscaler]:
-    """Copies named MODEL+tta (deterministic networks) and MODEL+color-fix (any network), to show beside
-    the plain models in benchmarks and comparison sheets."""
-    networks = [u for u in upscalers if u.runner is not None]
+    """Copies named MODEL+tta (deterministic networks) and MODEL+color-fix (super-resolution networks), to show
+    beside the plain models in benchmarks and comparison sheets."""
+    networks = [u for u in upscalers if u.is_network]
     extra = [replace(u, name=f"{u.name}+tta", tta=True) for u in networks if tta and not u.stochastic]
-    return extra + [replace(u, name=f"{u.name}+color-fix", color_fix=True) for u in networks if color_fix]
+    return extra + [replace(u, name=f"{u.name}+color-fix", color_fix=True) for u in networks
+                    if color_fix and u.task == SUPER_RESOLUTION]
 
 
 def color_fix(sr: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
@@ -168,7 +231,7 @@ def _bytes(count: int) -> str:
 
 
 # float32 RGB copies of the output the host holds at once beside the network's tiles (the tiler's sum and
-# weights, the result, a resize; the TTA sum and the colour fix are one more each). Measured peak: 1.5 (srresnet, 3072 x 2048
+# weights, the result, a resize; the TTA sum and the colour fix are one more each). Measured peak: 1.5 (a 16-block x4 network, 3072 x 2048
 # output, 64 px tiles, `/usr/bin/time -f %M`); 3 leaves room for the encoder's buffers.
 OUTPUT_FLOAT_COPIES = 3
 
@@ -197,40 +260,32 @@ def load_upscaler(model: str, scale: float | None = None, device: str = "auto", 
     """Load `model` (a name, `bicubic`, or a .safetensors path) onto `device` at `precision`.
 
     `tta` (the 8-view self-ensemble) is refused for stochastic models: averaging views of samples would
-    blur the very detail a sample draws.
+    blur the very detail a sample draws. `color_fix` is refused for image-to-image models: there is no
+    smaller input whose colours the output should match.
     """
     if threads:
         torch.set_num_threads(threads)
     torch_device = resolve_device(device)
     if model == BICUBIC:
-        return Upscaler(BICUBIC, 4, torch_device, "fp32", None)
+        return Upscaler(BICUBIC, 4, torch_device, "fp32")
     path = Path(model) if looks_like_path(model) else find_weights(model, scale)
     module, info = load_model(path)
-    arch = get_architecture(info.arch)
-    config = arch.make_config(info.config)
-    chosen = resolve_precision(precision, torch_device, arch.supports_half)
-    sampler = nll = None
-    if arch.likelihood is not None:
-        nll = partial(arch.likelihood, module, device=torch_device)
-    if arch.sampler is not None:
-        if tta:
-            raise ValueError(f"--tta is for deterministic models; {info.arch} draws samples (--tau 0 gives its mean)")
-
-        def sampler(tau: float, seed: int) -> TileRunner:
-            return arch.sampler(module, torch_device, chosen, tau, seed)
+    descriptor = get_architecture(info.arch)
+    if tta and descriptor.stochastic:
+        raise ValueError(f"--tta is for deterministic models; {info.arch} draws samples (--tau 0 gives its mean)")
+    if color_fix and descriptor.task != SUPER_RESOLUTION:
+        raise ValueError(f"--color-fix is for super-resolution; {info.arch} is an {descriptor.task} model")
     return Upscaler(
         name=model if not looks_like_path(model) else (info.name or path.stem),
         scale=info.scale,
         device=torch_device,
-        precision=chosen,
-        runner=NetworkRunner(module, info.scale, torch_device, chosen) if sampler is None else sampler(0.0, 0),
+        precision=resolve_precision(precision, torch_device, bf16=descriptor.bf16, fp16=descriptor.fp16),
+        descriptor=descriptor,
+        module=module,
         info=info,
         path=path,
-        overlap=arch.tile_overlap if overlap is None else overlap,
-        bytes_per_lr_pixel=arch.bytes_per_lr_pixel(config),
-        sampler=sampler,
-        default_tau=arch.default_tau,
-        nll=nll,
+        overlap=descriptor.tile_overlap if overlap is None else overlap,
+        bytes_per_input_pixel=descriptor.bytes_per_input_pixel(module.config),
         tta=tta,
         color_fix=color_fix,
         digest=weights_digest(path),

@@ -13,19 +13,18 @@ from __future__ import annotations
 
 import io
 import os
-import secrets
 import struct
 import threading
 import zlib
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from .atomic import write_atomically
 from .errors import ImageReadError, ImageWriteError
 
 MAX_PIXELS_DEFAULT = 100_000_000
@@ -422,12 +421,17 @@ def encode_image(rgb: np.ndarray, alpha: np.ndarray | None, fmt: str, *, graysca
     if software:
         exif = _with_software(exif, software, fmt)
     depth = 16 if bit_depth == 16 and fmt in ("png", "tiff") else 8
-    colour = (rgb @ _LUMA_BT601)[:, :, None] if grayscale else rgb
+    colour = luma(rgb)[:, :, None] if grayscale else rgb
     planes = colour if alpha is None else np.concatenate([colour, alpha[:, :, None].astype(colour.dtype)], axis=2)
-    pixels = _quantise(planes, depth)
+    pixels = quantise(planes, depth)
     if depth == 16 and pixels.shape[2] > 1:
         return _encode_16bit_colour(pixels, fmt, icc_profile, exif, software)
     return _encode_pillow(pixels, fmt, quality, icc_profile, exif)
+
+
+def luma(rgb: np.ndarray) -> np.ndarray:
+    """The ITU-R BT.601 luma (H, W) of float RGB planes (H, W, 3): what grey outputs hold."""
+    return rgb @ _LUMA_BT601
 
 
 def _check_planes(rgb: np.ndarray, alpha: np.ndarray | None, fmt: str) -> None:
@@ -442,7 +446,7 @@ def _check_planes(rgb: np.ndarray, alpha: np.ndarray | None, fmt: str) -> None:
         raise ValueError("jpg cannot hold alpha (use output_format to pick png)")
 
 
-def _quantise(planes: np.ndarray, depth: int) -> np.ndarray:
+def quantise(planes: np.ndarray, depth: int) -> np.ndarray:
     """Float planes to rounded unsigned integers of `depth` bits."""
     scaled = np.clip(planes, 0.0, 1.0)
     scaled *= 65535 if depth == 16 else 255
@@ -588,69 +592,16 @@ def _word_aligned(data: bytes) -> bytes:
 # --- writing -----------------------------------------------------------------------------------------
 
 def write_image(path: str | os.PathLike, data: bytes, overwrite: bool = False) -> None:
-    """Write `data` atomically: readers see the old file or the whole new one, never a partial one.
-
-    The bytes go to ".{name}.XXXX.tmp" in the target's folder, are fsynced, then published by a rename
-    (overwrite) or a hard link that fails if the target exists (no overwrite, race-free). On any
-    failure, Ctrl-C included, the temporary file is removed.
-    """
-    target = Path(path)
-    if not overwrite and os.path.lexists(target):
+    """Write `data` atomically (`atomic.write_atomically`): readers see the old file or the whole new one,
+    never a partial one; without `overwrite` an existing file is an error, checked race-free."""
+    if not overwrite and os.path.lexists(path):
         raise ImageWriteError(path, _EXISTS)
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        descriptor, temporary = _create_temporary(target)
-    except OSError as error:
-        raise ImageWriteError(path, f"cannot write: {error.strerror or error}") from error
-    try:
-        with os.fdopen(descriptor, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        if overwrite:
-            os.replace(temporary, target)
-        else:
-            _publish_new(temporary, target)
+        write_atomically(path, lambda handle: handle.write(data), overwrite=overwrite)
     except FileExistsError:
         raise ImageWriteError(path, _EXISTS) from None
     except OSError as error:
         raise ImageWriteError(path, f"cannot write: {error.strerror or error}") from error
-    finally:
-        with suppress(FileNotFoundError):
-            os.unlink(temporary)
-
-
-def _create_temporary(target: Path) -> tuple[int, Path]:
-    """Create ".{name}.XXXX.tmp" next to `target` exclusively; its permissions follow the umask like any new file."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-    while True:
-        temporary = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
-        with suppress(FileExistsError):
-            return os.open(temporary, flags, 0o666), temporary
-
-
-def _publish_new(temporary: Path, target: Path) -> None:
-    """Give the written file the target's name, failing with FileExistsError if the target exists.
-
-    A hard link does this atomically. File systems without hard links (FAT, exFAT, some network
-    shares) get an exclusively created empty placeholder that the rename then replaces.
-    """
-    try:
-        os.link(temporary, target)
-    except FileExistsError:
-        raise
-    except OSError:
-        _replace_placeholder(temporary, target)
-
-
-def _replace_placeholder(temporary: Path, target: Path) -> None:
-    """Claim `target` by creating it empty and exclusively (FileExistsError if it exists), then rename onto it."""
-    os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-    try:
-        os.replace(temporary, target)
-    except BaseException:
-        os.unlink(target)
-        raise
 
 
 # --- resampling --------------------------------------------------------------------------------------

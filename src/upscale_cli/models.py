@@ -1,6 +1,6 @@
 """Named models: which weights file a name like `srgan` means, and where shipped weights live.
 
-A model name is a weights family (`srresnet`, `srgan`, ...) whose files are `{name}_x{scale}.safetensors`
+A model name is a weights family (an entry of `archs/catalog.py`, or any other name) whose files are `{name}_x{scale}.safetensors`
 in the weights folders; `bicubic` is the built-in baseline with no weights. Anything that looks like
 a path (has a `.safetensors` suffix or a slash) is a user's own checkpoint.
 """
@@ -12,16 +12,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from upscale_cli.archs.catalog import CATALOG, entry
 from upscale_cli.errors import ModelNotFoundError
 
 BICUBIC = "bicubic"
-DEFAULT_MODEL = "srgan"
-# Names users can ask for, the architecture their weights use, and what they are.
-KNOWN_MODELS: dict[str, tuple[str, str]] = {
-    "srresnet": ("srresnet", "SRResNet, PSNR-oriented (Ledig et al. 2017)"),
-    "srgan": ("srresnet", "SRGAN generator, perceptual / GAN-trained (Ledig et al. 2017)"),
-    "srflow": ("srflow", "SRFlow, draws many plausible HR images for one LR (Lugmayr et al. 2020)"),
-}
 _WEIGHTS_FILE = re.compile(r"^(?P<name>[a-z0-9_-]+?)_x(?P<scale>\d+)\.safetensors$")
 
 
@@ -55,6 +49,18 @@ def shipped_weights() -> list[WeightsFile]:
     return list(found.values())
 
 
+def weights_task(path: Path) -> str | None:
+    """The task of the model in a weights file (from its architecture's descriptor), None if unreadable."""
+    from upscale_cli.archs import get_architecture
+    from upscale_cli.checkpoint import read_info
+    from upscale_cli.errors import CheckpointError
+
+    try:
+        return get_architecture(read_info(path).arch).task
+    except (CheckpointError, KeyError):
+        return None
+
+
 def looks_like_path(spec: str) -> bool:
     return spec.endswith(".safetensors") or os.sep in spec or "/" in spec or Path(spec).is_file()
 
@@ -63,12 +69,14 @@ def find_weights(name: str, scale: float | None) -> Path:
     """The weights file for model `name`: the native scale closest above the request, else the largest."""
     candidates = sorted((w for w in shipped_weights() if w.name == name), key=lambda w: w.scale)
     if not candidates:
-        if name in KNOWN_MODELS:
+        known_entry = entry(name)
+        if known_entry is not None:
+            how = f"train it with `upscale train --model {name}` or " if known_entry.recipe_module else ""
             raise ModelNotFoundError(
                 f"model {name!r}: no weights file ({name}_x4.safetensors) in "
                 f"{', '.join(str(d) for d in weights_dirs()) or 'any weights folder'}; "
-                f"train it with `upscale train --model {name}` or pass --model PATH")
-        known = sorted({BICUBIC, *KNOWN_MODELS, *(w.name for w in shipped_weights())})
+                f"{how}pass --model PATH")
+        known = sorted({BICUBIC, *(e.name for e in CATALOG), *(w.name for w in shipped_weights())})
         raise ModelNotFoundError(f"unknown model {name!r} (known: {', '.join(known)}; or a .safetensors path)")
     if scale is None:
         return candidates[-1].path

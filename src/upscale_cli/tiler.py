@@ -1,14 +1,23 @@
 """Tiled inference: run any model over overlapping tiles and blend them so that no seams show.
 
-The image is cut into regions that overlap by `overlap` LR pixels. Each region is run on an input
+The image is cut into regions that overlap by `overlap` input pixels. Each region is run on an input
 window grown by `overlap` on every side, so for a model whose receptive radius is at most `overlap`
 the tiled output equals the untiled one. Overlapping outputs are feathered together. Running out of
 memory shrinks the tiles; a non-finite tile in bf16/fp16 is redone in fp32.
 
-`align` (default 1) makes every region and input-window boundary a multiple of `align` LR pixels,
-except boundaries at the image end; models with a latent grid coarser than the LR image (SRFlow's
-z at LR/2) need it. The caller pads the image to a multiple of `align` so that every window is
-aligned and has an aligned size, and crops the output afterwards.
+A model may take several named inputs (`TileInput`): besides the image, inputs at the image's or the
+output's resolution are cropped, padded and batched with it, and whole inputs (a style image) are
+handed over as they are. One `TileSpec` says how to tile.
+
+Per-image work runs before the tiles, inside the out-of-memory back-off: `runner.prepare` (a
+representation of the whole image, a noise field), and for runners with `reduce_tile` a first tiled
+pass over disjoint regions whose statistics (sums, counts, covariances) are added up in float64 and
+handed to `runner.apply_statistics`, so that a model needing image-wide statistics stays exact.
+
+`TileSpec.align` (default 1) makes every region and input-window boundary a multiple of `align` input
+pixels, except boundaries at the image end; models with a latent grid coarser than the input need it.
+The image (and every spatial input) is padded by reflection to a multiple of `align` and to at least
+`minimum` pixels a side, and the output cropped afterwards.
 """
 
 from __future__ import annotations
@@ -16,7 +25,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Callable, Mapping, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -24,12 +33,14 @@ import torch.nn.functional as F
 from .errors import InferenceError
 
 TILE_PRECISIONS = ("fp32", "bf16", "fp16")
+IMAGE = "image"  # the name of the main input among a runner's tiles
+MIN_PREPARE_PIXELS = 64 * 64  # prepare's pixel budget is halved on out-of-memory down to this
 Span = tuple[int, int]
 
 
 @dataclass(frozen=True)
 class Window:
-    """A tile: the LR region whose output it contributes (top, left, height, width) and the larger
+    """A tile: the region whose output it contributes (top, left, height, width) and the larger
     input window read around it (the region grown by the overlap on each side, clamped to the image)."""
 
     top: int
@@ -42,18 +53,81 @@ class Window:
     in_width: int
 
 
+@dataclass(frozen=True)
+class TileSpec:
+    """How to tile: tile side (None: the whole image at once), overlap, windows per batch, the smallest
+    tile out-of-memory halving may reach, boundary alignment and the smallest input side (from the model's
+    size requirements)."""
+
+    tile: int | None = None
+    overlap: int = 0
+    batch: int = 1
+    min_tile: int = 16
+    align: int = 1
+    minimum: int = 1
+
+    def check(self) -> None:
+        """Reject specs that are programming errors before any work is done."""
+        if self.tile is not None and self.tile < 1:
+            raise ValueError(f"the tile size must be positive, got {self.tile}")
+        if self.overlap < 0:
+            raise ValueError(f"the tile overlap must not be negative, got {self.overlap}")
+        if self.batch < 1:
+            raise ValueError(f"the tile batch must be at least 1, got {self.batch}")
+        if self.align < 1:
+            raise ValueError(f"the tile alignment must be at least 1, got {self.align}")
+        if self.minimum < 1:
+            raise ValueError(f"the minimum input side must be at least 1, got {self.minimum}")
+        if self.tile is not None and self.tile < self.align:
+            raise ValueError(f"the tile size ({self.tile}) must be at least the alignment ({self.align})")
+
+
+@dataclass(frozen=True)
+class TileInput:
+    """A named input: a (1, C, h, w) tensor and how many of its pixels lie on one image pixel per side
+    (1 at the image's size, the model's scale at the output's size), or None for a whole input."""
+
+    tensor: torch.Tensor
+    scale: int | None = 1
+
+
+Inputs = Mapping[str, TileInput]
+Tiles = Mapping[str, torch.Tensor]
+
+
 class TileRunner(Protocol):
     """What a model must offer to be run tile by tile."""
 
     scale: int
 
-    def prepare(self, image: torch.Tensor) -> object:
-        """Per-image state computed once from the whole LR image (1, C, H, W), so that all tiles agree."""
+    def prepare(self, inputs: Inputs, max_pixels: int | None) -> object:
+        """Per-image state computed once from the whole (padded) inputs, so that all tiles agree; after an
+        out-of-memory error it is asked again with a pixel budget for its whole-image work."""
         ...
 
-    def run_tile(self, tile: torch.Tensor, state: object, windows: list[Window], precision: str) -> torch.Tensor:
-        """(B, C, h, w) input windows -> (B, C_out, h*scale, w*scale) float32; `windows` says where each sits."""
+    def run_tile(self, tiles: Tiles, state: object, windows: list[Window], precision: str) -> torch.Tensor:
+        """(B, C, h, w) input windows (`tiles[IMAGE]`, the other inputs cropped to match) ->
+        (B, C_out, h*scale, w*scale) float32; `windows` says where each sits."""
         ...
+
+
+class ReducingRunner(TileRunner, Protocol):
+    """A runner whose output needs statistics of the whole image, gathered in a first tiled pass."""
+
+    def reduce_tile(self, tiles: Tiles, state: object, windows: list[Window], precision: str) -> dict[str, torch.Tensor]:
+        """Per window (leading axis B) sums over that window's own region only: the regions of this pass
+        are disjoint, so adding them up over all windows gives the whole image's sums."""
+        ...
+
+    def apply_statistics(self, state: object, totals: dict[str, torch.Tensor]) -> object:
+        """The state of the second pass, from `prepare`'s state and the float64 totals."""
+        ...
+
+
+def region_of(window: Window, factor: float = 1.0) -> tuple[slice, slice]:
+    """Where a window's own region lies inside its input window, on a grid `factor` times the input's."""
+    top, left = round((window.top - window.in_top) * factor), round((window.left - window.in_left) * factor)
+    return slice(top, top + round(window.height * factor)), slice(left, left + round(window.width * factor))
 
 
 def tile_spans(length: int, tile: int, overlap: int, align: int = 1) -> list[Span]:
@@ -84,6 +158,15 @@ def tile_spans(length: int, tile: int, overlap: int, align: int = 1) -> list[Spa
     return [(start, start + size) for start in starts]
 
 
+def disjoint_spans(length: int, tile: int, align: int = 1) -> list[Span]:
+    """Regions [start, end) that partition [0, length) into the fewest pieces of at most `tile` px,
+    as even as alignment allows (boundaries multiples of `align`, but for the end)."""
+    units, tile_units = -(-length // align), max(1, tile // align)
+    count = -(-units // tile_units)
+    bounds = [min(length, index * units // count * align) for index in range(count + 1)]
+    return [(start, end) for start, end in zip(bounds, bounds[1:]) if end > start]
+
+
 def make_windows(height: int, width: int, tile: int | None, overlap: int, align: int = 1) -> list[Window]:
     """All tiles of a height x width image in row-major order; `tile` None gives one window for the whole image."""
     rows, cols = _grid(height, width, tile, overlap, align)
@@ -93,48 +176,102 @@ def make_windows(height: int, width: int, tile: int | None, overlap: int, align:
 def upscale_tiled(
     runner: TileRunner,
     image: torch.Tensor,
+    spec: TileSpec = TileSpec(),
     *,
-    tile: int | None,
-    overlap: int,
+    extras: Mapping[str, TileInput] | None = None,
     precision: str = "fp32",
-    batch: int = 1,
-    min_tile: int = 16,
-    state: object = None,
-    prepared: bool = False,
     on_tile: Callable[[int, int], None] | None = None,
     warn: Callable[[str], None] | None = None,
-    align: int = 1,
+    prepared: Prepared | None = None,
 ) -> torch.Tensor:
     """Upscale a (1, C, H, W) float32 image tile by tile into (1, C_out, H*s, W*s) float32.
 
-    `runner.prepare` is called once unless `prepared` (then `state` is used); `on_tile(done, total)`
-    reports progress; `warn` receives notices about fp32 redos and out-of-memory tile shrinking;
-    `align` aligns every tile boundary to a multiple of that many LR px (see the module docstring); an
-    image whose size is not a multiple of `align` is padded by reflection and the result cropped.
+    `extras` are the runner's other named inputs; `on_tile(done, total)` reports progress (both passes of
+    a reducing runner as one count); `warn` receives notices about fp32 redos and out-of-memory shrinking;
+    `prepared` (from `image_state`) reuses a per-image state instead of computing it from this image.
     """
-    _check_arguments(image, tile, overlap, precision, batch, align)
-    height, width = image.shape[-2:]
-    if height % align or width % align:
-        padded = pad_to_multiple(image, align)
-        out = upscale_tiled(runner, padded, tile=tile, overlap=overlap, precision=precision, batch=batch,
-                            min_tile=min_tile, state=state, prepared=prepared, on_tile=on_tile, warn=warn, align=align)
-        return out[..., : height * runner.scale, : width * runner.scale]
-    rows, cols = _grid(height, width, tile, overlap, align)
+    _check_arguments(image, spec, precision)
+    inputs = _padded_inputs(image, extras, spec)
+    height, width = inputs[IMAGE].tensor.shape[-2:]
+    rows, cols = _grid(height, width, spec.tile, spec.overlap, spec.align)
     with torch.no_grad():
-        if not prepared:
-            state = runner.prepare(image)
-        first_tile = tile if tile is not None else max(height, width)
-        engine = _Engine(runner, image, state, first_tile, overlap, precision, min_tile, warn, align)
-        return engine.render(rows, cols, batch, on_tile)
+        engine = _Engine(runner, inputs, None, spec, precision, warn)
+        if prepared is None:
+            prepared = engine.image_state(on_tile, len(rows) * len(cols))
+        engine.state = prepared.state
+        out = engine.render(rows, cols, on_tile)
+    return out[..., : image.shape[-2] * runner.scale, : image.shape[-1] * runner.scale]
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A runner's per-image state, computed by `image_state` (it may be None)."""
+
+    state: object
+
+
+def image_state(runner: TileRunner, image: torch.Tensor, spec: TileSpec = TileSpec(), *,
+                extras: Mapping[str, TileInput] | None = None, precision: str = "fp32",
+                warn: Callable[[str], None] | None = None) -> Prepared:
+    """What `upscale_tiled` computes before its tiles: `prepare`, and a reducing runner's statistics pass."""
+    _check_arguments(image, spec, precision)
+    with torch.no_grad():
+        return _Engine(runner, _padded_inputs(image, extras, spec), None, spec, precision, warn).image_state(None, 0)
+
+
+def _padded_inputs(image: torch.Tensor, extras: Mapping[str, TileInput] | None, spec: TileSpec) -> dict[str, TileInput]:
+    """The image and its extra inputs, the spatial ones padded to the size requirements."""
+    inputs = {IMAGE: TileInput(image, 1), **(extras or {})}
+    height, width = _padded_size(image.shape[-2], spec), _padded_size(image.shape[-1], spec)
+    if (height, width) == tuple(image.shape[-2:]):
+        return inputs
+    return {name: _pad_input(item, height, width) for name, item in inputs.items()}
+
+
+def prepare_with_backoff(runner: TileRunner, inputs: Inputs, warn: Callable[[str], None] | None = None) -> object:
+    """`runner.prepare`, asked again with half the pixel budget after each out-of-memory error."""
+    image = inputs[IMAGE].tensor
+    limit: int | None = None
+    while True:
+        try:
+            return runner.prepare(inputs, limit)
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+        _free_cache()  # outside the except block, so the failed attempt's tensors are released
+        limit = (image.shape[-2] * image.shape[-1] if limit is None else limit) // 2
+        if limit < MIN_PREPARE_PIXELS:
+            raise InferenceError(f"out of memory preparing the whole image, even on {2 * limit} pixels; "
+                                 "try --device cpu or a smaller image")
+        if warn is not None:
+            warn(f"out of memory preparing the whole image; retrying on at most {limit} pixels of it")
+
+
+def _padded_size(length: int, spec: TileSpec) -> int:
+    """A side grown to a multiple of the alignment and to at least the minimum."""
+    needed = max(length, spec.minimum)
+    return -(-needed // spec.align) * spec.align
+
+
+def _pad_input(item: TileInput, height: int, width: int) -> TileInput:
+    """A spatial input padded at the bottom and right to (height, width) image pixels; whole inputs stay."""
+    if item.scale is None:
+        return item
+    return TileInput(pad_to(item.tensor, height * item.scale, width * item.scale), item.scale)
 
 
 def pad_to_multiple(image: torch.Tensor, multiple: int) -> torch.Tensor:
     """Pad bottom/right to a multiple of `multiple` by reflection (replication where reflection cannot)."""
     height, width = image.shape[-2:]
-    pad_h, pad_w = (-height) % multiple, (-width) % multiple
+    return pad_to(image, -(-height // multiple) * multiple, -(-width // multiple) * multiple)
+
+
+def pad_to(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Pad bottom/right to (height, width) by reflection (replication where reflection cannot)."""
+    pad_h, pad_w = height - image.shape[-2], width - image.shape[-1]
     if not pad_h and not pad_w:
         return image
-    mode = "reflect" if pad_h < height and pad_w < width else "replicate"
+    mode = "reflect" if pad_h < image.shape[-2] and pad_w < image.shape[-1] else "replicate"
     return F.pad(image, (0, pad_w, 0, pad_h), mode=mode)
 
 
@@ -187,23 +324,13 @@ def _mem_available() -> int | None:
     return None
 
 
-def _check_arguments(image: torch.Tensor, tile: int | None, overlap: int, precision: str, batch: int,
-                     align: int = 1) -> None:
+def _check_arguments(image: torch.Tensor, spec: TileSpec, precision: str) -> None:
     """Reject calls that are programming errors before any work is done."""
     if image.ndim != 4 or image.shape[0] != 1:
         raise ValueError(f"expected a (1, C, H, W) image, got shape {tuple(image.shape)}")
-    if tile is not None and tile < 1:
-        raise ValueError(f"the tile size must be positive, got {tile}")
-    if overlap < 0:
-        raise ValueError(f"the tile overlap must not be negative, got {overlap}")
     if precision not in TILE_PRECISIONS:
         raise ValueError(f"unknown precision {precision!r} (use {', '.join(TILE_PRECISIONS)})")
-    if batch < 1:
-        raise ValueError(f"the tile batch must be at least 1, got {batch}")
-    if align < 1:
-        raise ValueError(f"the tile alignment must be at least 1, got {align}")
-    if tile is not None and tile < align:
-        raise ValueError(f"the tile size ({tile}) must be at least the alignment ({align})")
+    spec.check()
 
 
 def _grid(height: int, width: int, tile: int | None, overlap: int, align: int = 1) -> tuple[list[Span], list[Span]]:
@@ -295,63 +422,86 @@ class _Canvas:
 
 
 class _Engine:
-    """One image's tiled run: the runner and its state, and the current tile size, which shrinks on OOM."""
+    """One image's tiled passes: the runner, its inputs and state, and the current tile size, which shrinks
+    on out-of-memory errors."""
 
-    def __init__(
-        self,
-        runner: TileRunner,
-        image: torch.Tensor,
-        state: object,
-        tile: int,
-        overlap: int,
-        precision: str,
-        min_tile: int,
-        warn: Callable[[str], None] | None,
-        align: int = 1,
-    ) -> None:
-        self.runner, self.image, self.state = runner, image, state
-        self.tile, self.overlap, self.precision, self.min_tile = tile, overlap, precision, min_tile
-        self.align = align
+    def __init__(self, runner: TileRunner, inputs: Inputs, state: object, spec: TileSpec, precision: str,
+                 warn: Callable[[str], None] | None) -> None:
+        self.runner, self.inputs, self.state, self.spec, self.precision = runner, inputs, state, spec, precision
+        self.height, self.width = inputs[IMAGE].tensor.shape[-2:]
+        self.tile = spec.tile if spec.tile is not None else max(self.height, self.width)
         self.warn = warn or (lambda message: None)
+        self.done, self.total = 0, 0
+        self.on_tile: Callable[[int, int], None] | None = None
 
-    def render(
-        self, rows: list[Span], cols: list[Span], batch: int, on_tile: Callable[[int, int], None] | None
-    ) -> torch.Tensor:
+    # ----- the passes ----------------------------------------------------------------------------
+    def image_state(self, on_tile: Callable[[int, int], None] | None, render_tiles: int) -> Prepared:
+        """`prepare` inside the back-off, then for a reducing runner the statistics pass."""
+        state = prepare_with_backoff(self.runner, self.inputs, self.warn)
+        if hasattr(self.runner, "reduce_tile"):
+            self.state = state
+            state = self.runner.apply_statistics(state, self.reduce(on_tile, render_tiles))  # type: ignore[attr-defined]
+        return Prepared(state)
+
+    def reduce(self, on_tile: Callable[[int, int], None] | None, render_tiles: int) -> dict[str, torch.Tensor]:
+        """The first pass of a reducing runner: statistics summed over disjoint regions, in float64
+        (progress counts the `render_tiles` of the second pass too)."""
+        spec = self.spec
+        rows, cols = self._disjoint(0, self.height), self._disjoint(0, self.width)
+        windows = [_window(row, col, spec.overlap, self.height, self.width, spec.align) for row in rows for col in cols]
+        self._start_progress(on_tile, len(windows) + render_tiles)
+        totals: dict[str, torch.Tensor] = {}
+        for chunk in _batches(windows, spec.batch):
+            for statistics in self._outputs(chunk, self._reduce_run, self._split_sum):
+                for name, value in statistics.items():
+                    totals[name] = totals[name] + value if name in totals else value
+                self._tick()
+        return totals
+
+    def render(self, rows: list[Span], cols: list[Span], on_tile: Callable[[int, int], None] | None) -> torch.Tensor:
         """Run every region (batching same-shaped windows) and blend the results into the output image."""
-        height, width = self.image.shape[-2:]
-        windows = [_window(row, col, self.overlap, height, width, self.align) for row in rows for col in cols]
-        canvas = _Canvas(rows, cols, self.runner.scale, self.image.device)
-        done = 0
-        for chunk in _batches(windows, batch):
-            for window, output in zip(chunk, self._batch_outputs(chunk)):
+        spec = self.spec
+        windows = [_window(row, col, spec.overlap, self.height, self.width, spec.align) for row in rows for col in cols]
+        if self.on_tile is None:
+            self._start_progress(on_tile, len(windows))
+        canvas = _Canvas(rows, cols, self.runner.scale, self.inputs[IMAGE].tensor.device)
+        for chunk in _batches(windows, spec.batch):
+            for window, output in zip(chunk, self._outputs(chunk, self._run, self._split_blend)):
                 canvas.add(window, output)
-                done += 1
-                if on_tile is not None:
-                    on_tile(done, len(windows))
+                self._tick()
         return canvas.result()
 
-    def _batch_outputs(self, chunk: list[Window]) -> list[torch.Tensor]:
-        """Region outputs of a batch; on OOM (or once tiles have shrunk) the regions are done one by one."""
+    def _start_progress(self, on_tile: Callable[[int, int], None] | None, total: int) -> None:
+        self.on_tile, self.done, self.total = on_tile or (lambda done, total: None), 0, total
+
+    def _tick(self) -> None:
+        self.done += 1
+        assert self.on_tile is not None
+        self.on_tile(self.done, self.total)
+
+    # ----- out-of-memory back-off, shared by both passes ---------------------------------------------
+    def _outputs(self, chunk: list[Window], compute: Callable[[list[Window]], list], split: Callable[[Window], object]) -> list:
+        """Results of a batch; on OOM (or once tiles have shrunk) the regions are done one by one."""
         if len(chunk) > 1 and all(self._fits(window) for window in chunk):
             try:
-                return self._run(chunk)
+                return compute(chunk)
             except Exception as exc:
                 if not is_out_of_memory(exc):
                     raise
             _free_cache()  # outside the except block, so the failed attempt's tensors are released
-        return [self._region(window) for window in chunk]
+        return [self._region(window, compute, split) for window in chunk]
 
-    def _region(self, window: Window) -> torch.Tensor:
-        """The output of one region: run whole if it fits the current tile size, else split into sub-regions."""
+    def _region(self, window: Window, compute: Callable[[list[Window]], list], split: Callable[[Window], object]) -> object:
+        """The result of one region: run whole if it fits the current tile size, else split into sub-regions."""
         if self._fits(window):
             try:
-                return self._run([window])[0]
+                return compute([window])[0]
             except Exception as exc:
                 if not is_out_of_memory(exc):
                     raise
             _free_cache()
             self._shrink(window)
-        return self._split(window)
+        return split(window)
 
     def _fits(self, window: Window) -> bool:
         """Whether the region is no larger than the current tile size."""
@@ -359,9 +509,10 @@ class _Engine:
 
     def _shrink(self, window: Window) -> None:
         """Halve the tile that ran out of memory, refusing to go below min_tile or down to the overlap."""
+        align = self.spec.align
         failed = max(window.height, window.width)
-        smaller = min(self.tile, failed) // 2 // self.align * self.align
-        floor = max(self.min_tile, (-(-self.overlap // self.align) + 1) * self.align)
+        smaller = min(self.tile, failed) // 2 // align * align
+        floor = max(self.spec.min_tile, (-(-self.spec.overlap // align) + 1) * align)
         if smaller < floor:
             raise InferenceError(
                 f"out of memory even with {failed} px tiles (the minimum is {floor} px); "
@@ -370,60 +521,103 @@ class _Engine:
         self.warn(f"out of memory with {failed} px tiles; continuing with {smaller} px tiles")
         self.tile = smaller
 
-    def _split(self, window: Window) -> torch.Tensor:
+    def _sub_windows(self, window: Window, rows: list[Span], cols: list[Span]) -> list[Window]:
+        return [_window(row, col, self.spec.overlap, self.height, self.width, self.spec.align)
+                for row in rows for col in cols]
+
+    def _disjoint(self, start: int, length: int) -> list[Span]:
+        return [(start + a, start + b) for a, b in disjoint_spans(length, self.tile, self.spec.align)]
+
+    # ----- rendering: blended regions -------------------------------------------------------------
+    def _split_blend(self, window: Window) -> torch.Tensor:
         """A region's output assembled from sub-regions of the current tile size, blended like the image's tiles."""
-        height, width = self.image.shape[-2:]
-        rows = [(window.top + a, window.top + b)
-                for a, b in tile_spans(window.height, self.tile, self.overlap, self.align)]
-        cols = [(window.left + a, window.left + b)
-                for a, b in tile_spans(window.width, self.tile, self.overlap, self.align)]
-        canvas = _Canvas(rows, cols, self.runner.scale, self.image.device)
-        for row in rows:
-            for col in cols:
-                sub = _window(row, col, self.overlap, height, width, self.align)
-                canvas.add(sub, self._region(sub))
+        spec = self.spec
+        rows = [(window.top + a, window.top + b) for a, b in tile_spans(window.height, self.tile, spec.overlap, spec.align)]
+        cols = [(window.left + a, window.left + b) for a, b in tile_spans(window.width, self.tile, spec.overlap, spec.align)]
+        canvas = _Canvas(rows, cols, self.runner.scale, self.inputs[IMAGE].tensor.device)
+        for sub in self._sub_windows(window, rows, cols):
+            canvas.add(sub, self._region(sub, self._run, self._split_blend))
         return canvas.result()
 
     def _run(self, windows: list[Window]) -> list[torch.Tensor]:
         """Run same-shaped windows as one batch and return each region's output, redoing non-finite tiles in fp32."""
-        tiles = torch.cat([_crop_input(self.image, window) for window in windows])
+        tiles = self._tiles(windows)
         outputs = self._call(tiles, windows, self.precision)
         results = []
         for index, window in enumerate(windows):
             output = outputs[index : index + 1]
             if not torch.isfinite(output).all():
-                output = self._redo_in_fp32(tiles[index : index + 1], window)
+                output = self._redo_in_fp32(self._one(tiles, index), window)
             results.append(_crop_output(output, window, self.runner.scale))
         return results
 
-    def _redo_in_fp32(self, tile: torch.Tensor, window: Window) -> torch.Tensor:
+    def _redo_in_fp32(self, tiles: Tiles, window: Window) -> torch.Tensor:
         """Rerun a tile whose reduced-precision output had NaN/Inf; non-finite fp32 output is fatal."""
-        where = f"the tile at y={window.top}, x={window.left} ({window.height}x{window.width} LR px)"
+        where = f"the tile at y={window.top}, x={window.left} ({window.height}x{window.width} px)"
         if self.precision == "fp32":
             raise InferenceError(f"the model produced NaN/Inf values for {where} in fp32")
         self.warn(f"NaN/Inf in {self.precision} for {where}; redoing it in fp32")
-        output = self._call(tile, [window], "fp32")
+        output = self._call(tiles, [window], "fp32")
         if not torch.isfinite(output).all():
             raise InferenceError(f"the model produced NaN/Inf values for {where} even in fp32")
         return output
 
-    def _call(self, tiles: torch.Tensor, windows: list[Window], precision: str) -> torch.Tensor:
+    def _call(self, tiles: Tiles, windows: list[Window], precision: str) -> torch.Tensor:
         """runner.run_tile with its output shape checked and moved to the image's device as float32."""
         output = self.runner.run_tile(tiles, self.state, windows, precision)
-        scale = self.runner.scale
-        expected = (tiles.shape[0], tiles.shape[2] * scale, tiles.shape[3] * scale)
+        scale, image = self.runner.scale, tiles[IMAGE]
+        expected = (image.shape[0], image.shape[2] * scale, image.shape[3] * scale)
         if output.ndim != 4 or (output.shape[0], *output.shape[2:]) != expected:
             raise InferenceError(
-                f"the model returned shape {tuple(output.shape)} for input tiles {tuple(tiles.shape)} at x{scale}"
+                f"the model returned shape {tuple(output.shape)} for input tiles {tuple(image.shape)} at x{scale}"
             )
-        return output.to(device=self.image.device, dtype=torch.float32)
+        return output.to(device=self.inputs[IMAGE].tensor.device, dtype=torch.float32)
+
+    # ----- reducing: summed statistics of disjoint regions ----------------------------------------
+    def _split_sum(self, window: Window) -> dict[str, torch.Tensor]:
+        """A region's statistics as the sum over disjoint sub-regions of the current tile size."""
+        rows, cols = self._disjoint(window.top, window.height), self._disjoint(window.left, window.width)
+        totals: dict[str, torch.Tensor] = {}
+        for sub in self._sub_windows(window, rows, cols):
+            for name, value in self._region(sub, self._reduce_run, self._split_sum).items():
+                totals[name] = totals[name] + value if name in totals else value
+        return totals
+
+    def _reduce_run(self, windows: list[Window]) -> list[dict[str, torch.Tensor]]:
+        """Statistics of same-shaped windows run as one batch, per window in float64 (fp32 redo if non-finite)."""
+        tiles = self._tiles(windows)
+        batch = self.runner.reduce_tile(tiles, self.state, windows, self.precision)  # type: ignore[attr-defined]
+        results = []
+        for index, window in enumerate(windows):
+            statistics = {name: value[index].double() for name, value in batch.items()}
+            if not all(torch.isfinite(value).all() for value in statistics.values()):
+                if self.precision == "fp32":
+                    raise InferenceError(f"the model's statistics are NaN/Inf for the region at y={window.top}, "
+                                         f"x={window.left} in fp32")
+                self.warn(f"NaN/Inf statistics in {self.precision} at y={window.top}, x={window.left}; redoing in fp32")
+                again = self.runner.reduce_tile(self._one(tiles, index), self.state, [window], "fp32")  # type: ignore[attr-defined]
+                statistics = {name: value[0].double() for name, value in again.items()}
+            results.append(statistics)
+        return results
+
+    # ----- cropping the inputs ----------------------------------------------------------------------
+    def _tiles(self, windows: list[Window]) -> dict[str, torch.Tensor]:
+        """Every input cropped to each window and batched; whole inputs as they are."""
+        return {name: item.tensor if item.scale is None else torch.cat([_crop_input(item, w) for w in windows])
+                for name, item in self.inputs.items()}
+
+    def _one(self, tiles: Tiles, index: int) -> dict[str, torch.Tensor]:
+        """The tiles of one window of a batch."""
+        return {name: tiles[name] if item.scale is None else tiles[name][index : index + 1]
+                for name, item in self.inputs.items()}
 
 
-def _crop_input(image: torch.Tensor, window: Window) -> torch.Tensor:
-    """The input window of a tile."""
-    rows = slice(window.in_top, window.in_top + window.in_height)
-    cols = slice(window.in_left, window.in_left + window.in_width)
-    return image[..., rows, cols]
+def _crop_input(item: TileInput, window: Window) -> torch.Tensor:
+    """A spatial input's part under a tile's input window."""
+    scale = item.scale or 1
+    rows = slice(window.in_top * scale, (window.in_top + window.in_height) * scale)
+    cols = slice(window.in_left * scale, (window.in_left + window.in_width) * scale)
+    return item.tensor[..., rows, cols]
 
 
 def _crop_output(output: torch.Tensor, window: Window, scale: int) -> torch.Tensor:

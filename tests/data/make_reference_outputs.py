@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from upscale_cli.archs.base import RunOptions
 from upscale_cli.engine import load_upscaler
 from upscale_cli.image_io import read_image
 
@@ -45,7 +46,7 @@ def main() -> None:
     tensors = {"input": torch.from_numpy(np.ascontiguousarray(rgb))}
     for key, model, tile, seed, tau in CASES:
         upscaler = load_upscaler(model, device="cpu", precision="fp32")
-        out = upscaler.upscale(rgb, rgb.shape[1] * 4, rgb.shape[0] * 4, tile, seed=seed, tau=tau)
+        out = upscaler.upscale(rgb, rgb.shape[1] * 4, rgb.shape[0] * 4, tile, options=RunOptions(seed, tau))
         tensors[key] = torch.from_numpy(np.ascontiguousarray(out))
     meta = {"cpu": cpu_name(), "torch": torch.__version__,
             "cases": repr(CASES)}

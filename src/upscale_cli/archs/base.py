@@ -1,41 +1,137 @@
-"""What the core needs to know about an architecture, independent of any weights."""
+"""The model descriptor: everything the core needs to know about an architecture, independent of any weights.
+
+cli/, the engine, the tiler and bench/ read only this: a model's task and native scale, the inputs it
+takes besides the image, whether it draws samples, its size requirements and precisions, its tile
+overlap and receptive radius, a memory estimate, and the factory of the runner that runs it on tiles.
+Importing this module does not import torch (it is read while `upscale --help` builds).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
-from torch import nn
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from upscale_cli.tiler import TileRunner
+
+SUPER_RESOLUTION = "super-resolution"
+IMAGE_TO_IMAGE = "image-to-image"  # scale 1: style transfer, restoration at the same size
+TASKS = (SUPER_RESOLUTION, IMAGE_TO_IMAGE)
+
+# Where an extra input lives relative to the image the model reads.
+AT_INPUT = "input"  # one pixel per input pixel: cropped, padded and turned with the image
+AT_OUTPUT = "output"  # one pixel per output pixel (a prior at HR size): cropped at `scale` times the window
+WHOLE = "whole"  # an image of any size (a style image): handed to the runner whole, never cropped or turned
+PLACEMENTS = (AT_INPUT, AT_OUTPUT, WHOLE)
 
 
 @dataclass(frozen=True)
-class Architecture:
-    """An architecture id, its config dataclass and constructor, and the numbers the tiler needs.
+class ExtraInput:
+    """A named input besides the image, as a (1, channels, h, w) float tensor."""
 
-    `bytes_per_lr_pixel(config)` estimates fp32 activation memory per LR input pixel during inference
-    (used by `--tile auto`); `receptive_radius(config)` is how many LR pixels on each side can change
-    one output pixel (the default tile overlap, so tiled output equals untiled output).
+    name: str
+    channels: int
+    at: str  # AT_INPUT, AT_OUTPUT or WHOLE
+    about: str = ""
+
+    def __post_init__(self) -> None:
+        if self.at not in PLACEMENTS:
+            raise ValueError(f"extra input {self.name!r}: placement {self.at!r} is not one of {', '.join(PLACEMENTS)}")
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """A model that draws a different plausible output for every seed, at a temperature tau."""
+
+    default_tau: float
+
+
+@dataclass(frozen=True)
+class SizeRequirements:
+    """Input sides must be a multiple of `multiple` and at least `minimum` pixels: the core pads the image
+    (by reflection) to meet both, aligns tile boundaries to `multiple`, and crops the output back."""
+
+    multiple: int = 1
+    minimum: int = 1
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What one run of a model may be given besides the image: the sample's seed and temperature (stochastic
+    models; tau None is the model's default) and the extra inputs by name."""
+
+    seed: int = 0
+    tau: float | None = None
+    extras: Mapping[str, torch.Tensor] = field(default_factory=dict)
+
+
+RunnerFactory = Callable[["nn.Module", "torch.device", str, RunOptions], "TileRunner"]
+
+
+@dataclass(frozen=True)
+class ModelDescriptor:
+    """An architecture id, its config dataclass and constructor, and what the core must know to run it.
+
+    `receptive_radius(config)`: input pixels on each side that can change one output pixel (an upper
+    bound; tests measure it). `bytes_per_input_pixel(config)`: fp32 activation memory per input pixel
+    during inference (`--tile auto`). `make_runner(model, device, precision, options)`: the runner of one
+    image (None: the plain feed-forward `NetworkRunner`, which passes extra inputs as keyword arguments).
+    `bf16` / `fp16`: whether `--precision auto` may pick that precision for this model (asking for it
+    explicitly always runs the model's own mixed-precision path). `initialize(model, image)`: what a freshly
+    built network needs before it can run (a flow's data-dependent ActNorm), for tests and recipes.
+    `likelihood(model, hr, lr, device=, seed=)`: density models' NLL of an HR image in bits per dimension.
+    `small_config`: a cheap configuration for the registry-driven tests.
     """
 
     id: str
+    paper: str
     config_type: type
     build: Callable[[Any], nn.Module]
-    bytes_per_lr_pixel: Callable[[Any], int]
     receptive_radius: Callable[[Any], int]
-    paper: str
-    supports_half: bool = True
-    stochastic: bool = False
-    # Stochastic models: builds the TileRunner that draws one sample, (model, device, precision, tau, seed).
-    sampler: Callable[..., Any] | None = None
-    default_tau: float | None = None
-    # Density models: -log2 p(HR | LR) per dimension of one image, (model, hr, lr, device, seed) -> float.
+    bytes_per_input_pixel: Callable[[Any], int]
+    task: str = SUPER_RESOLUTION
+    extra_inputs: tuple[ExtraInput, ...] = ()
+    sampling: Sampling | None = None
+    size: SizeRequirements = SizeRequirements()
+    bf16: bool = True
+    fp16: bool = True
+    tile_overlap: int = 16  # default overlap in input px: feathering hides seams well before the full radius
+    make_runner: RunnerFactory | None = None
+    initialize: Callable[[Any, Any], None] | None = None
     likelihood: Callable[..., float] | None = None
-    tile_overlap: int = 16  # default overlap in LR px: feathering hides seams well before the full radius
+    small_config: Mapping[str, Any] = field(default_factory=dict)
 
-    def make_config(self, values: dict[str, Any]) -> Any:
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"{self.id}: task {self.task!r} is not one of {', '.join(TASKS)}")
+
+    @property
+    def stochastic(self) -> bool:
+        return self.sampling is not None
+
+    @property
+    def default_tau(self) -> float | None:
+        return None if self.sampling is None else self.sampling.default_tau
+
+    def scale(self, config: Any) -> int:
+        """The native scale of a config: its `scale` for super-resolution, 1 for image-to-image models."""
+        return int(getattr(config, "scale")) if self.task == SUPER_RESOLUTION else 1
+
+    def make_config(self, values: Mapping[str, Any]) -> Any:
         """Build the config dataclass, rejecting unknown keys instead of ignoring them."""
         known = set(self.config_type.__dataclass_fields__)
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown {self.id} config keys: {', '.join(unknown)}")
         return self.config_type(**values)
+
+    def runner(self, model: nn.Module, device: torch.device, precision: str, options: RunOptions) -> TileRunner:
+        """The runner of one image with `options` (the plain network runner unless the model brings its own)."""
+        if self.make_runner is not None:
+            return self.make_runner(model, device, precision, options)
+        from upscale_cli.archs.runners import NetworkRunner
+
+        return NetworkRunner(model, self.scale(model.config), device, precision)

@@ -44,20 +44,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from upscale_cli.archs.base import Architecture
+from upscale_cli.archs.base import ModelDescriptor, RunOptions, Sampling, SizeRequirements
 from upscale_cli.archs.srresnet import SRResNet, SRResNetConfig
 from upscale_cli.device import autocast
-from upscale_cli.flows.layers import (
+from upscale_cli.flows import (
     ActNorm,
-    FlowSequence,
+    FlowLevel,
     FlowStep,
-    InvertibleLayer,
-    Split,
-    Squeeze,
+    MultiScaleFlow,
     standard_normal_log_prob,
     transition_step,
 )
-from upscale_cli.tiler import Window, pad_to_multiple
+from upscale_cli.resize import imresize
+from upscale_cli.tiler import IMAGE, Inputs, Tiles, Window, pad_to_multiple
 
 HR_NOISE_STD = 4.0 / (math.sqrt(3.0) * 255.0)  # dequantisation noise of spec 2.5 (on [0, 1] images)
 DEFAULT_TAU = 0.8  # the temperature the shipped weights are measured and gated at (the paper shows 0.9)
@@ -123,87 +122,18 @@ def default_stack_blocks(blocks: int) -> tuple[int, ...]:
     return tuple(sorted({min(blocks - 1, round(1 + i * (blocks - 2) / 3)) for i in range(4)}))
 
 
-class FlowLevel(nn.Module):
-    """One level of the multi-scale flow: squeeze, transition steps, conditional steps, optional split."""
-
-    def __init__(self, in_channels: int, cond_channels: int, config: SRFlowConfig, split: bool) -> None:
-        super().__init__()
-        channels = 4 * in_channels
-        self.squeeze = Squeeze()
-        self.transitions = FlowSequence([transition_step(channels) for _ in range(config.transition_steps)])
-        self.steps = FlowSequence([FlowStep(channels, cond_channels, config.hidden) for _ in range(config.steps)])
-        self.split = Split(channels) if split else None
-        self.channels = channels
-        self.out_channels = self.split.keep_channels if self.split is not None else channels
-
-
-class SRFlowNet(InvertibleLayer):
-    """The multi-scale conditional flow. `cond` is the list of per-level conditions (finest first).
-
-    forward(x, cond) -> (latents, logdet): latents = [eps of each split (finest first)..., z_top];
-    logdet = sum of log|det J| over all layers (no prior terms; see flows.layers).
-    reverse(latents, cond) -> (x, logdet); an eps entry may be None (drawn at `tau` from `generator`).
-    """
-
-    def __init__(self, config: SRFlowConfig) -> None:
-        super().__init__()
-        self.config = config
-        levels = []
-        channels = 3
-        for level in range(1, config.levels + 1):
-            block = FlowLevel(channels, config.cond_channels, config, split=config.has_split(level))
-            levels.append(block)
-            channels = block.out_channels
-        self.levels = nn.ModuleList(levels)
-        self.top_channels = channels
-
-    def forward(  # type: ignore[override]
-        self, x: torch.Tensor, cond: Sequence[torch.Tensor] | None = None
-    ) -> tuple[list[torch.Tensor], torch.Tensor]:
-        assert cond is not None and len(cond) == len(self.levels), "one condition per level is needed"
-        total = x.new_zeros(x.shape[0])
-        latents = []
-        for level, u in zip(self.levels, cond):
-            x, _ = level.squeeze(x)
-            x, logdet = level.transitions(x)
-            total = total + logdet
-            x, logdet = level.steps(x, u)
-            total = total + logdet
-            if level.split is not None:
-                (x, eps), logdet = level.split(x)
-                total = total + logdet
-                latents.append(eps)
-        latents.append(x)
-        return latents, total
-
-    def reverse(  # type: ignore[override]
-        self,
-        z: Sequence[torch.Tensor | None],
-        cond: Sequence[torch.Tensor] | None = None,
-        *,
-        tau: float = 1.0,
-        generator: torch.Generator | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        assert cond is not None and len(cond) == len(self.levels), "one condition per level is needed"
-        splits = sum(level.split is not None for level in self.levels)
-        if len(z) != splits + 1:
-            raise ValueError(f"expected {splits + 1} latent tensors, got {len(z)}")
-        x = z[-1]
-        if x is None:
-            raise ValueError("the top-level latent must be given")
-        total = x.new_zeros(x.shape[0])
-        eps_index = splits
-        for level, u in zip(reversed(self.levels), reversed(list(cond))):
-            if level.split is not None:
-                eps_index -= 1
-                x, logdet = level.split.reverse((x, z[eps_index]), tau=tau, generator=generator)
-                total = total + logdet
-            x, logdet = level.steps.reverse(x, u)
-            total = total + logdet
-            x, logdet = level.transitions.reverse(x)
-            total = total + logdet
-            x, _ = level.squeeze.reverse(x)
-        return x, total
+def build_flow(config: SRFlowConfig) -> MultiScaleFlow:
+    """SRFlow's multi-scale conditional flow (see the module docstring), from the shared flow library."""
+    levels = []
+    channels = 3
+    for level in range(1, config.levels + 1):
+        squeezed = 4 * channels
+        block = FlowLevel(squeezed, [transition_step(squeezed) for _ in range(config.transition_steps)],
+                          [FlowStep(squeezed, config.cond_channels, config.hidden) for _ in range(config.steps)],
+                          split=config.has_split(level))
+        levels.append(block)
+        channels = block.out_channels
+    return MultiScaleFlow(levels)
 
 
 class SRFlow(nn.Module):
@@ -219,7 +149,7 @@ class SRFlow(nn.Module):
         encoder.upsample = nn.Sequential(*list(encoder.upsample)[: 3 * self.up_stages - 1])
         del encoder.tail
         self.encoder = encoder.eval()
-        self.flow = SRFlowNet(config)
+        self.flow = build_flow(config)
         self._stack = set(config.stack_blocks)
 
     # ----- modes -------------------------------------------------------------------------------
@@ -402,12 +332,11 @@ class SRFlowRunner:
     of every latent grid (LR/2 for z_top, 2xLR for the x4 split; in general LR * scale / 2^level), runs
     the encoder on the LR window (under bf16 autocast when precision is bf16) and the flow in reverse
     in fp32 (bf16 parameter networks break exact invertibility: `benchmarks/flow_precision.py`).
-    Windows must start at even LR coordinates and have even sizes: call the tiler with
-    `align=self.align` (it pads the image to even size and crops the result). In fp32 the output is
-    nan_to_num'ed and clamped; in bf16 NaNs are left in so that the tiler redoes the tile in fp32.
+    Windows must start at even LR coordinates and have even sizes: the descriptor's size requirement
+    (multiples of 2) makes the tiler align them (it pads the image to even size and crops the result).
+    In fp32 the output is nan_to_num'ed and clamped; in bf16 NaNs are left in so that the tiler redoes
+    the tile in fp32.
     """
-
-    align = 2
 
     def __init__(self, model: SRFlow, device: torch.device | str = "cpu", precision: str = "fp32",
                  tau: float = DEFAULT_TAU, seed: int = 0) -> None:
@@ -419,7 +348,8 @@ class SRFlowRunner:
         self.seed = seed
         self.factors = model.latent_factors()
 
-    def prepare(self, image: torch.Tensor) -> list[torch.Tensor]:
+    def prepare(self, inputs: Inputs, max_pixels: int | None) -> list[torch.Tensor]:
+        image = inputs[IMAGE].tensor
         generator = torch.Generator().manual_seed(self.seed)
         return self.model.draw_noise(image.shape[-2], image.shape[-1], self.tau, generator)
 
@@ -432,10 +362,10 @@ class SRFlowRunner:
         return latent[..., top : top + height, left : left + width]
 
     @torch.inference_mode()
-    def run_tile(self, tile: torch.Tensor, state: object, windows: list[Window], precision: str) -> torch.Tensor:
+    def run_tile(self, tiles: Tiles, state: object, windows: list[Window], precision: str) -> torch.Tensor:
         assert isinstance(state, list), "call prepare() first"
         noise = [torch.cat([self._crop(latent, w, f) for w in windows]) for latent, f in zip(state, self.factors)]
-        lr = tile.to(self.device)
+        lr = tiles[IMAGE].to(self.device)
         with autocast(self.device, precision):
             conds = self.model.features(lr)
         hr, _ = self.model.decode(noise, conds)
@@ -499,17 +429,38 @@ def bytes_per_lr_pixel(config: SRFlowConfig) -> int:
     return int(2 * 4 * (conds + encoder + param_net))
 
 
-ARCHITECTURE = Architecture(
+def make_runner(model: SRFlow, device: torch.device, precision: str, options: RunOptions) -> SRFlowRunner:
+    """The sampler of one image: the sample of `options.seed` at `options.tau` (default DEFAULT_TAU)."""
+    tau = DEFAULT_TAU if options.tau is None else options.tau
+    return SRFlowRunner(model, device, precision, tau=tau, seed=options.seed)
+
+
+def initialize_from_lr(model: SRFlow, lr: torch.Tensor) -> None:
+    """ActNorm initialisation of a fresh model from an LR batch alone (its bicubic upscale stands in for HR),
+    cropped to the flow's size multiple: enough to run an untrained model in tests."""
+    step = 2**model.config.levels // model.config.scale or 1
+    lr = lr[..., : lr.shape[-2] // step * step, : lr.shape[-1] // step * step]
+    hr = imresize(lr, scale=model.config.scale).clamp(0, 1)
+    model.initialize(hr, lr)
+
+
+DESCRIPTOR = ModelDescriptor(
     id="srflow",
+    paper="Lugmayr et al., SRFlow: Learning the Super-Resolution Space with Normalizing Flow, ECCV 2020",
     config_type=SRFlowConfig,
     build=SRFlow,
-    bytes_per_lr_pixel=bytes_per_lr_pixel,
     receptive_radius=receptive_radius,
-    paper="Lugmayr et al., SRFlow: Learning the Super-Resolution Space with Normalizing Flow, ECCV 2020",
-    supports_half=False,
-    stochastic=True,
-    sampler=SRFlowRunner,
-    default_tau=DEFAULT_TAU,
-    likelihood=image_nll_bits_per_dim,
+    bytes_per_input_pixel=bytes_per_lr_pixel,
+    sampling=Sampling(default_tau=DEFAULT_TAU),
+    size=SizeRequirements(multiple=2),
+    # The flow itself always runs in fp32 (its reverse divides by small scales); bf16 speeds up only the
+    # encoder, by 1.09x here, so auto keeps fp32.
+    bf16=False,
+    fp16=False,
     tile_overlap=32,  # "generous": one noise field is shared, so the rest of the radius barely matters
+    make_runner=make_runner,
+    initialize=initialize_from_lr,
+    likelihood=image_nll_bits_per_dim,
+    small_config={"scale": 4, "levels": 3, "steps": 1, "hidden": 8, "encoder_channels": 8, "encoder_blocks": 2,
+                  "stack_blocks": [0, 1], "transition_steps": 1},
 )

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from upscale_cli.archs.base import Architecture
+from upscale_cli.archs.base import ModelDescriptor
 
 
 @dataclass(frozen=True)
@@ -80,13 +80,14 @@ def _receptive_radius(config: SRResNetConfig) -> int:
     return 4 + 2 * config.blocks + 1 + stages + math.ceil(4 / config.scale)
 
 
-ARCHITECTURE = Architecture(
+DESCRIPTOR = ModelDescriptor(
     id="srresnet",
+    paper="Ledig et al., Photo-Realistic Single Image Super-Resolution Using a GAN, CVPR 2017",
     config_type=SRResNetConfig,
     build=SRResNet,
+    receptive_radius=_receptive_radius,
     # fp32 activations alive at the last shuffle stage (a 4C map at scale/2 and C maps at scale,
     # about 2 * scale^2 * C floats per LR pixel) plus the LR trunk, doubled for allocator slack.
-    bytes_per_lr_pixel=lambda cfg: 2 * 4 * cfg.channels * (4 + 2 * cfg.scale**2),
-    receptive_radius=_receptive_radius,
-    paper="Ledig et al., Photo-Realistic Single Image Super-Resolution Using a GAN, CVPR 2017",
+    bytes_per_input_pixel=lambda cfg: 2 * 4 * cfg.channels * (4 + 2 * cfg.scale**2),
+    small_config={"scale": 4, "channels": 8, "blocks": 2},
 )

@@ -2,8 +2,8 @@
 
 Besides the paper figures of `sr_figures` (PSNR-Y, SSIM-Y, RGB PSNR, sharpness), every model gets
 LR-consistency (does the output shrink back to its input?), stochastic models also diversity
-(how much their samples differ) and density models (SRFlow) the NLL of the true HR in bits/dim.
-`--degrade` makes LR from HR with blur and noise, as DASR's tables do.
+(how much their samples differ) and density models the NLL of the true HR in bits/dim.
+`--degrade` makes LR from HR with blur and noise, as blind super-resolution papers' tables do.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
+from upscale_cli.archs.base import RunOptions
 from upscale_cli.bench.report import BenchError, typed_errors
-from upscale_cli.errors import InferenceError
+from upscale_cli.errors import ImageReadError, InferenceError
 from upscale_cli.metrics import psnr, sr_figures
 from upscale_cli.models import BICUBIC, looks_like_path
 from upscale_cli.resize import imresize, quantize
@@ -49,9 +50,9 @@ def load_pairs(folder: Path, scale: int) -> list[ImagePair]:
     lr_dir = folder / f"LR_x{scale}"
     pairs = []
     for path in list_images(hr_dir):
-        hr = load_rgb(path).float().div(255)
+        hr = load_rgb(path)
         if lr_dir.is_dir():
-            lr = load_rgb(lr_dir / path.name).float().div(255)
+            lr = load_rgb(lr_dir / path.name)
         else:
             hr = crop_to_multiple(hr, scale)
             lr = quantize(imresize(hr, scale=1 / scale))
@@ -209,7 +210,7 @@ def load_dataset(folder: Path, scale: int, degradation: Degradation | None = Non
         for pair in pairs:
             pair.hr = crop_to_multiple(pair.hr, scale)
             pair.lr = degradation.apply(pair.hr, scale, generator)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, ImageReadError) as exc:
         raise BenchError(f"--data {folder}: {exc}") from None
     note = (f"LR made from HR with {degradation.label} (Gaussian blur, MATLAB bicubic x1/{scale}, Gaussian noise, "
             "8-bit rounding)")
@@ -241,16 +242,16 @@ def precisions_for(model: str, precisions: tuple[str, ...]) -> tuple[str, ...]:
 
 def check_tile(upscaler: Any, tile: str) -> None:
     """Refuse, before any measuring, a tile size that the tiler cannot use with this model's overlap."""
-    if upscaler.runner is not None and tile.isdigit() and int(tile) <= upscaler.overlap:
+    if upscaler.is_network and tile.isdigit() and int(tile) <= upscaler.overlap:
         raise BenchError(f"--tile {tile}: a tile must be larger than the tile overlap ({upscaler.overlap} px)")
 
 
 def tensor_upscaler(upscaler: Any, scale: int, tile: str) -> Callable[..., torch.Tensor]:
-    """`upscaler.upscale` as (3, h, w) tensor -> (3, h*scale, w*scale) tensor; keywords pass through."""
+    """`upscaler.upscale` as (3, h, w) tensor -> (3, h*scale, w*scale) tensor, with the run's options."""
 
-    def run(lr: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+    def run(lr: torch.Tensor, options: RunOptions = RunOptions()) -> torch.Tensor:
         height, width = lr.shape[-2:]
-        out = upscaler.upscale(lr.permute(1, 2, 0).numpy(), width * scale, height * scale, tile, **kwargs)
+        out = upscaler.upscale(lr.permute(1, 2, 0).numpy(), width * scale, height * scale, tile, options=options)
         return torch.from_numpy(out).permute(2, 0, 1)
 
     return run
@@ -286,7 +287,7 @@ def evaluate_upscaler(upscaler: Any, pairs: list[ImagePair], scale: int, tile: s
                       seed: int = 0) -> list[dict[str, Any]]:
     """Score a loaded `Upscaler` after one warm-up image: one result, or one per temperature if stochastic.
 
-    A stochastic upscaler (`.stochastic`, `upscale(..., seed=, tau=)`) draws `samples` outputs per
+    A stochastic upscaler (`.stochastic`, `upscale(..., options=RunOptions(seed, tau))`) draws `samples` outputs per
     image with seeds `seed`, `seed + 1`, ...; figures are averaged over the samples. No `taus` means
     the model's own default temperature.
     """
@@ -297,10 +298,10 @@ def evaluate_upscaler(upscaler: Any, pairs: list[ImagePair], scale: int, tile: s
             return [{"tau": None, "samples": 1, **score_draws(lambda lr: [run(lr)], pairs, scale)}]
         results = []
         for tau in taus or (upscaler.default_tau,):
-            run(pairs[0].lr, seed=seed, tau=tau)
+            run(pairs[0].lr, RunOptions(seed, tau))
 
             def draw(lr: torch.Tensor, tau: float = tau) -> list[torch.Tensor]:
-                return [run(lr, seed=seed + i, tau=tau) for i in range(samples)]
+                return [run(lr, RunOptions(seed + i, tau)) for i in range(samples)]
 
             results.append({"tau": tau, "samples": samples, **score_draws(draw, pairs, scale)})
         if upscaler.nll is not None:

@@ -96,7 +96,7 @@ def choose_input(path: Path | None) -> tuple[np.ndarray, str, bool]:
     if not candidates:
         return synthetic_image(), "synthetic smooth noise (no examples/ or Set5/Set14 image found)", False
     try:
-        image = load_rgb(candidates[0]).permute(1, 2, 0).numpy().astype(np.float32) / 255
+        image = load_rgb(candidates[0]).permute(1, 2, 0).numpy()
     except (OSError, ValueError) as exc:
         raise BenchError(f"--image {candidates[0]}: cannot read ({exc})") from None
     return image, str(candidates[0]), True

@@ -34,12 +34,12 @@ class DefaultCommandGroup(click.Group):
 @click.group(cls=DefaultCommandGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="upscale")
 def cli() -> None:
-    """Super-resolution at the shell: upscale photos and folders, draw SRFlow samples, train, benchmark.
+    """Super-resolution at the shell: upscale photos and folders, draw many plausible answers, train, benchmark.
 
     \b
-    upscale photo.png -x4 --model srgan      (same as: upscale upscale photo.png ...)
+    upscale photo.png -x4                    (same as: upscale upscale photo.png ...)
     upscale sample lr.png -n 8 --tau 0.8
-    upscale compare photo.png -m srresnet -m srgan --crop 64,0,48,40
+    upscale compare photo.png --crop 64,0,48,40
     upscale models
     """
 

@@ -12,6 +12,7 @@ from typing import Any, Callable
 import click
 
 from upscale_cli.cli.common import echo_err
+from upscale_cli.cli.options import DEVICE_HELP, FIXED_PRECISIONS, PRECISIONS, one, tile_item
 from upscale_cli.errors import ExitCode, ImageWriteError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp"}
@@ -47,15 +48,6 @@ class Outcome:
         return data
 
 
-def tile_option(value: str) -> str:
-    if value in ("auto", "none"):
-        return value
-    if value.isdigit() and int(value) >= 8:
-        return value
-    raise click.BadParameter("must be auto, none, or a tile size in pixels (>= 8)")
-
-
-
 def output_options(default_name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """The options of every command that writes images: where, how, on what device, how loudly."""
     options = [
@@ -69,12 +61,11 @@ def output_options(default_name: str) -> Callable[[Callable[..., Any]], Callable
         click.option("--quality", type=click.IntRange(1, 100), help="Quality for jpg/webp (default 95 / 90)."),
         click.option("--strip-metadata", is_flag=True,
                      help="Leave out the source's EXIF (camera, dates, GPS); the colour profile and the Software tag stay."),
-        click.option("--tile", default="auto", show_default=True, callback=lambda c, p, v: tile_option(v),
+        click.option("--tile", default="auto", show_default=True, callback=one(tile_item),
                      help="auto, none, or a tile size in LR pixels."),
         click.option("--tile-overlap", type=click.IntRange(min=0), help="Overlap between tiles in LR pixels (default 16)."),
-        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
-        click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto",
-                     show_default=True),
+        click.option("--device", default="auto", show_default=True, help=DEVICE_HELP),
+        click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True),
         click.option("--threads", type=click.IntRange(min=1), help="CPU threads for torch."),
         click.option("--overwrite", is_flag=True, help="Replace existing outputs."),
         click.option("--skip-existing", is_flag=True, help="Leave existing outputs alone and move on."),
@@ -212,9 +203,6 @@ def existing_output(path: Path | None, opts: dict[str, Any], made_by: str | None
     return False
 
 
-PRECISIONS = ("fp32", "bf16", "fp16")
-
-
 def provenance(upscaler: Any, width: int, height: int, seed: int, tau: float | None) -> str:
     """What made an output, for its Software tag: program, model (name, native scale, weights digest),
     output size, options and precision and, for stochastic models, the seed and tau, so that the file
@@ -236,7 +224,7 @@ def same_settings(found: str | None, expected: str) -> bool:
     def settings(tag: str | None) -> list[str] | None:
         if tag is None or not tag.startswith("upscale "):
             return None
-        return [p for p in tag.split("; ")[1:] if p not in PRECISIONS]
+        return [p for p in tag.split("; ")[1:] if p not in FIXED_PRECISIONS]
 
     found_settings = settings(found)
     return found_settings is not None and found_settings == settings(expected)

@@ -8,51 +8,7 @@ from typing import Any, Callable
 import click
 
 from upscale_cli.cli.common import echo_err, run_guarded
-
-PRECISION_CHOICES = ("fp32", "bf16", "fp16")
-
-
-def comma_list(parse: Callable[[str], Any]) -> Callable[[click.Context, click.Parameter, Any], Any]:
-    """A click callback turning "a,b,c" (or None) into a tuple of parsed items; parse errors are usage errors."""
-
-    def callback(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[Any, ...] | None:
-        if value is None:
-            return None
-        try:
-            items = tuple(parse(item.strip()) for item in value.split(",") if item.strip())
-        except ValueError as exc:
-            raise click.BadParameter(str(exc)) from None
-        if not items:
-            raise click.BadParameter("give at least one value")
-        return items
-
-    return callback
-
-
-def precision_item(value: str) -> str:
-    if value not in PRECISION_CHOICES:
-        raise ValueError(f"{value!r} is not one of {', '.join(PRECISION_CHOICES)}")
-    return value
-
-
-def tile_item(value: str) -> str:
-    if value in ("none", "auto") or (value.isdigit() and int(value) >= 8):
-        return value
-    raise ValueError(f"{value!r}: a tile is none, auto or a size in LR pixels (>= 8)")
-
-
-def size_item(value: str) -> int:
-    if not value.isdigit() or not 8 <= int(value) <= 8192:
-        raise ValueError(f"{value!r}: a size is a whole number of LR pixels from 8 to 8192")
-    return int(value)
-
-
-def tau_item(value: str) -> float:
-    tau = float(value)
-    if not 0 <= tau <= 2:
-        raise ValueError(f"{value!r}: a temperature is between 0 and 2")
-    return tau
-
+from upscale_cli.cli.options import DEVICE_HELP, comma_list, one, precision_item, size_item, tau_item, tile_item
 
 def degrade_item(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple[Any, ...]:
     """Parse every --degrade into a Degradation (the import stays inside: it pulls in torch)."""
@@ -81,7 +37,7 @@ def common_options(function: Callable[..., Any]) -> Callable[..., Any]:
                      help="Model to measure (repeatable). Default: every shipped model. bicubic is always included."),
         click.option("-x", "--scale", type=click.IntRange(2, 8), default=4, show_default=True,
                      help="Upscaling factor."),
-        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
+        click.option("--device", default="auto", show_default=True, help=DEVICE_HELP),
         click.option("--threads", type=click.IntRange(min=1), help="CPU threads for torch (default: torch's choice)."),
         click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
                      help="Also write every figure and its settings to this JSON file."),
@@ -98,14 +54,14 @@ def common_options(function: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--precision", "precisions", default="fp32", show_default=True,
               callback=comma_list(precision_item),
               help="Comma list of fp32, bf16, fp16. fp32 by default so that figures compare with papers.")
-@click.option("--tile", default="auto", show_default=True, callback=lambda c, p, v: _tile(v),
+@click.option("--tile", default="auto", show_default=True, callback=one(tile_item),
               help="none, auto or a tile size in LR pixels.")
 @click.option("--degrade", "degradations", multiple=True, metavar="SPEC", callback=degrade_item,
               help="Make LR from HR with blur:SIGMA (21x21 Gaussian, before the bicubic downscale) and/or "
                    "noise:LEVEL (Gaussian std on 0..255, seeded), e.g. blur:1.2,noise:10. Repeatable: one "
                    "evaluation per spec. Given LR files are then NOT used.")
 @click.option("--tau", "taus", callback=comma_list(tau_item), metavar="T[,T...]",
-              help="Sampling temperatures for stochastic models (default: the model's own, 0.9 for srflow).")
+              help="Sampling temperatures for stochastic models (default: the model's own).")
 @click.option("--samples", type=click.IntRange(min=1), help="Samples per image for stochastic models (default 4).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Seed of --degrade noise and of stochastic samples.")
@@ -125,7 +81,8 @@ def quality(**opts: Any) -> None:
     Y channel of BT.601 YCbCr, `scale` pixels shaved from each border, SSIM with an 11x11 Gaussian
     window (sigma 1.5): the convention of SR papers. LR files in LR_x{scale}/ are used as given;
     without them LR is made with MATLAB-compatible bicubic. Stochastic models also get diversity,
-    and SRFlow the NLL of the true HR given the LR in bits/dim.
+    and density models the NLL of the true HR given the LR in bits/dim. Only super-resolution models
+    are measured.
     """
     run_guarded(lambda: _quality(opts), opts["verbose"])
 
@@ -155,24 +112,30 @@ def speed(**opts: Any) -> None:
     run_guarded(lambda: _speed(opts), opts["verbose"])
 
 
-def _tile(value: str) -> str:
-    try:
-        return tile_item(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
-
-
 def model_list(requested: tuple[str, ...]) -> list[str]:
-    """bicubic first, then the requested models, or every shipped model when none was requested."""
-    from upscale_cli.models import BICUBIC, shipped_weights
+    """bicubic first, then the requested models, or every shipped super-resolution model when none was
+    requested (models of other tasks have no HR to be measured against)."""
+    from upscale_cli.archs.base import SUPER_RESOLUTION
+    from upscale_cli.models import BICUBIC, shipped_weights, weights_task
 
-    models = list(requested) or list(dict.fromkeys(w.name for w in shipped_weights()))
+    models = list(requested) or list(dict.fromkeys(w.name for w in shipped_weights()
+                                                   if weights_task(w.path) == SUPER_RESOLUTION))
     if not requested and not models:
         echo_err("note: no shipped weights found; measuring bicubic only (use --model NAME|PATH)")
     return [BICUBIC, *(m for m in dict.fromkeys(models) if m != BICUBIC)]
 
 
+def super_resolution_only(upscalers: list[Any], error: Callable[[str], Exception]) -> None:
+    """Refuse a requested model of another task: these figures compare an output with a true HR image."""
+    from upscale_cli.archs.base import SUPER_RESOLUTION
+
+    for upscaler in upscalers:
+        if upscaler.task != SUPER_RESOLUTION:
+            raise error(f"{upscaler.name} is an {upscaler.task} model; this command measures super-resolution")
+
+
 def _quality(opts: dict[str, Any]) -> int:
+    from upscale_cli.bench.report import BenchError
     from upscale_cli.bench.quality import (DEFAULT_SAMPLES, check_tile, evaluate_upscaler,
                                            load_dataset, open_upscaler, precisions_for)
     from upscale_cli.engine import variants
@@ -190,6 +153,7 @@ def _quality(opts: dict[str, Any]) -> int:
     models = model_list(opts["models"])
     upscalers = [open_upscaler(model, scale, opts["device"], precision, opts["threads"])
                  for model in models for precision in precisions_for(model, opts["precisions"])]
+    super_resolution_only(upscalers, BenchError)
     for upscaler in upscalers:
         check_tile(upscaler, opts["tile"])
     upscalers += variants(upscalers, tta=opts["tta"], color_fix=opts["color_fix"])

@@ -1,4 +1,4 @@
-"""`upscale compare IMAGE -m srresnet -m srgan`: one labelled sheet of several models on the same crop.
+"""`upscale compare IMAGE -m MODEL -m MODEL`: one labelled sheet of several models on the same crop.
 
 Columns: the LR (pixels replicated), bicubic, each model, and with --hr the true HR; with --hr every
 label also carries the crop's PSNR-Y against it, so the sheet shows quality and says it in numbers.
@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from upscale_cli.cli.common import echo_err, run_guarded
+from upscale_cli.cli.options import DEVICE_HELP, PRECISIONS
 from upscale_cli.errors import ImageReadError, ImageWriteError
 
 DEFAULT_CROP = 128  # LR px a side of the default centre crop: 512 px cells at x4
@@ -48,8 +49,8 @@ def crop_box(ctx: click.Context, param: click.Parameter, value: str | None) -> t
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="The sheet (PNG). Default: IMAGE's stem + _compare.png, next to it.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing sheet.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True)
+@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
+@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True)
 @click.option("-v", "--verbose", is_flag=True, help="Tracebacks on errors.")
 def compare(**opts: Any) -> None:
     """Show several models side by side on one crop of IMAGE, as one labelled PNG sheet.
@@ -61,7 +62,7 @@ def compare(**opts: Any) -> None:
 
 
 def _run(opts: dict[str, Any]) -> int:
-    from upscale_cli.cli.bench import model_list
+    from upscale_cli.cli.bench import model_list, super_resolution_only
     from upscale_cli.engine import load_upscaler, variants
     from upscale_cli.image_io import encode_image, read_image, write_image
     from upscale_cli.sheets import contact_sheet, nearest_resize
@@ -75,8 +76,9 @@ def _run(opts: dict[str, Any]) -> int:
                      for m in model_list(opts["models"])]
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
+    super_resolution_only(upscalers, click.UsageError)
     upscalers += variants(upscalers, tta=opts["tta"], color_fix=opts["color_fix"])
-    scale = max((u.scale for u in upscalers if u.runner is not None), default=4)  # bicubic takes any scale
+    scale = max((u.scale for u in upscalers if u.is_network), default=4)  # bicubic takes any scale
     box = opts["crop"] or centre_box(lr.shape[1], lr.shape[0])
     check_box(box, lr.shape[1], lr.shape[0], opts["image"])
     hr = None if opts["hr_path"] is None else hr_crop(read_image(opts["hr_path"]).rgb, lr.shape, box, scale,
@@ -145,8 +147,10 @@ def upscale_box(upscaler: Any, lr: Any, box: tuple[int, int, int, int], scale: i
     margin = max(upscaler.overlap, MIN_MARGIN)
     left, top = max(0, x - margin), max(0, y - margin)
     right, bottom = min(lr.shape[1], x + w + margin), min(lr.shape[0], y + h + margin)
+    from upscale_cli.archs.base import RunOptions
+
     out = upscaler.upscale(lr[top:bottom, left:right], (right - left) * scale, (bottom - top) * scale,
-                           seed=seed, tau=tau)
+                           options=RunOptions(seed, tau))
     return out[(y - top) * scale:(y - top + h) * scale, (x - left) * scale:(x - left + w) * scale]
 
 

@@ -9,49 +9,60 @@ from typing import Any
 
 import click
 
+from upscale_cli.archs.base import SUPER_RESOLUTION, TASKS
 from upscale_cli.cli.common import run_guarded
 
 
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of a table.")
+@click.option("--task", type=click.Choice(TASKS), help="Only the models of this task.")
 @click.option("-v", "--verbose", is_flag=True, help="Show tracebacks.")
-def models(as_json: bool, verbose: bool) -> None:
-    """List registered models: scale, architecture, parameters, weights file and measured quality."""
-    run_guarded(lambda: _list(as_json), verbose)
+def models(as_json: bool, task: str | None, verbose: bool) -> None:
+    """List the models: task, scale, architecture, parameters, weights file and measured quality."""
+    run_guarded(lambda: _list(as_json, task), verbose)
 
 
 def describe_models() -> list[dict[str, Any]]:
     """One entry per model name and scale, including known models whose weights are missing."""
     from safetensors import safe_open
 
+    from upscale_cli.archs import get_architecture
+    from upscale_cli.archs.catalog import CATALOG, entry
     from upscale_cli.checkpoint import read_info
     from upscale_cli.errors import CheckpointError
-    from upscale_cli.models import BICUBIC, KNOWN_MODELS, shipped_weights
+    from upscale_cli.models import BICUBIC, shipped_weights
 
     rows: list[dict[str, Any]] = [{
-        "name": BICUBIC, "scale": None, "arch": "MATLAB bicubic", "params": 0, "file": None,
-        "size_bytes": 0, "metrics": {}, "status": "built-in", "about": "baseline, no weights"}]
+        "name": BICUBIC, "task": SUPER_RESOLUTION, "scale": None, "arch": "MATLAB bicubic", "params": 0,
+        "file": None, "size_bytes": 0, "metrics": {}, "status": "built-in", "about": "baseline, no weights"}]
     seen = set()
     for weights in shipped_weights():
         seen.add(weights.name)
+        known = entry(weights.name)
         row: dict[str, Any] = {"name": weights.name, "scale": weights.scale, "file": str(weights.path),
                                "size_bytes": weights.path.stat().st_size,
-                               "about": KNOWN_MODELS.get(weights.name, ("", "user weights"))[1]}
+                               "about": known.about if known else "user weights"}
         try:
             info = read_info(weights.path)
+            row["task"] = get_architecture(info.arch).task
             with safe_open(str(weights.path), framework="pt") as handle:
                 params = sum(_numel(handle.get_slice(k).get_shape()) for k in handle.keys()
-                             if not k.endswith(("running_mean", "running_var", "num_batches_tracked")))
+                             if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))
+                             and handle.get_slice(k).get_dtype() not in _FLAG_DTYPES)
             row.update(arch=info.arch, params=params, metrics=info.metrics, status="ok",
                        iterations=info.training.get("iterations"))
-        except CheckpointError as exc:
-            row.update(arch=None, params=None, metrics={}, status=f"unreadable: {exc}")
+        except (CheckpointError, KeyError) as exc:
+            row.update(task=None, arch=None, params=None, metrics={}, status=f"unreadable: {exc}")
         rows.append(row)
-    for name, (arch, about) in KNOWN_MODELS.items():
-        if name not in seen:
-            rows.append({"name": name, "scale": None, "arch": arch, "params": None, "file": None,
-                         "size_bytes": None, "metrics": {}, "status": "weights missing", "about": about})
+    for known in CATALOG:
+        if known.name not in seen:
+            rows.append({"name": known.name, "task": get_architecture(known.arch).task, "scale": None,
+                         "arch": known.arch, "params": None, "file": None, "size_bytes": None, "metrics": {},
+                         "status": "weights missing", "about": known.about})
     return rows
+
+
+_FLAG_DTYPES = ("BOOL", "I64", "I32")  # flags and counters kept beside the weights, not parameters
 
 
 def _numel(shape: list[int]) -> int:
@@ -78,8 +89,8 @@ def _natural_key(name: str) -> list[Any]:
     return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", name) if part]
 
 
-def _list(as_json: bool) -> int:
-    rows = describe_models()
+def _list(as_json: bool, task: str | None) -> int:
+    rows = [row for row in describe_models() if task is None or row["task"] == task]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return 0
@@ -87,11 +98,14 @@ def _list(as_json: bool) -> int:
     from rich.table import Table
 
     table = Table(title="upscale models (PSNR-Y dB / SSIM-Y, x4, official LR files)")
-    for column in ("name", "scale", "arch", "params", "file", "size", "quality", "status"):
+    several_tasks = len({row["task"] for row in rows}) > 1  # the task column only where it tells models apart
+    for column in ("name", *(("task",) if several_tasks else ()), "scale", "arch", "params", "file", "size",
+                   "quality", "status"):
         table.add_column(column, overflow="fold")
     for row in rows:
         scale = f"x{row['scale']}" if row["scale"] else ("any" if row["name"] == "bicubic" else "-")
-        table.add_row(row["name"], scale, str(row["arch"] or "-"),
+        task = (str(row["task"] or "-"),) if several_tasks else ()
+        table.add_row(row["name"], *task, scale, str(row["arch"] or "-"),
                       f"{row['params'] / 1e6:.2f} M" if row.get("params") else "-",
                       Path(row["file"]).name if row["file"] else "-",
                       f"{row['size_bytes'] / 1e6:.1f} MB" if row.get("size_bytes") else "-",

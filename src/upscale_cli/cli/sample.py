@@ -12,34 +12,25 @@ import click
 from upscale_cli.cli.batch import (Job, Outcome, Reporter, check_output_usage, destination, existing_output,
                                    expand_inputs, load_model_for_cli, output_options, provenance,
                                    write_output)
+from upscale_cli.archs.base import RunOptions
+from upscale_cli.archs.catalog import DEFAULT_SAMPLER
 from upscale_cli.cli.common import run_guarded
+from upscale_cli.cli.options import comma_list, tau_item
 from upscale_cli.cli.progress import BatchProgress
 from upscale_cli.errors import ExitCode, ImageWriteError, UpscaleError
 
 DEFAULT_NAME = "{stem}_tau{tau}_seed{seed}.{ext}"
 
 
-def temperatures(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[float, ...] | None:
-    """`0.8` or `0,0.5,0.8,1.0` into a tuple of floats in [0, 2]."""
-    if value is None:
-        return None
-    try:
-        taus = tuple(float(v) for v in value.split(",") if v.strip())
-    except ValueError:
-        raise click.BadParameter(f"{value!r}: give temperatures like 0.8 or 0,0.5,0.8") from None
-    if not taus or any(not 0 <= t <= 2 for t in taus):
-        raise click.BadParameter("temperatures lie between 0 and 2")
-    return taus
-
-
 @click.command()
 @click.argument("inputs", nargs=-1, required=True, metavar="LR...")
 @click.option("-n", "--samples", type=click.IntRange(min=1), default=4, show_default=True,
               help="Samples per temperature; sample i uses seed SEED + i.")
-@click.option("--tau", "taus", callback=temperatures, metavar="T[,T...]",
-              help="Temperature(s) (default: the model's, 0.8 for SRFlow); 0 gives the deterministic mean.")
+@click.option("--tau", "taus", callback=comma_list(tau_item), metavar="T[,T...]",
+              help="Temperature(s) (default: the model's own); 0 gives the deterministic mean.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="First seed (0 is a seed).")
-@click.option("-m", "--model", default="srflow", show_default=True, help="A stochastic model name or checkpoint.")
+@click.option("-m", "--model", default=DEFAULT_SAMPLER, show_default=True,
+              help="A stochastic model name or checkpoint.")
 @click.option("--grid", type=click.Path(dir_okay=False), metavar="FILE",
               help="Also write a labelled contact sheet: a row per temperature, a column per sample, "
                    "plus bicubic and the LR. With several inputs put {stem} in FILE.")
@@ -48,7 +39,7 @@ def temperatures(ctx: click.Context, param: click.Parameter, value: str | None) 
                    "highest temperature: where the model is unsure. With several inputs put {stem} in FILE.")
 @output_options(DEFAULT_NAME)
 def sample(**opts: Any) -> None:
-    """Draw N samples per temperature from SRFlow for each LR image: many plausible HR answers.
+    """Draw N samples per temperature from a stochastic model for each LR image: many plausible HR answers.
 
     The same seed always gives the same image, on any tile size. Exit codes as for upscale.
     """
@@ -76,7 +67,7 @@ def _run(opts: dict[str, Any]) -> int:
         upscaler = load_model_for_cli(opts, report)
         if not upscaler.stochastic:
             raise click.UsageError(f"{upscaler.name} is deterministic: `upscale sample` needs a stochastic model "
-                                   "such as srflow (use `upscale` for one output)")
+                                   f"such as {DEFAULT_SAMPLER} (use `upscale` for one output)")
         taus = opts["taus"] or (upscaler.default_tau,)
         report.note(f"{upscaler.name} (x{upscaler.scale}) on {upscaler.device}, {upscaler.precision}, "
                     f"tau {', '.join(f'{t:g}' for t in taus)}, {opts['samples']} sample(s) each, seeds from {opts['seed']}")
@@ -124,7 +115,8 @@ def _sample_one(job: Job, upscaler: Any, taus: tuple[float, ...], opts: dict[str
                     raise ImageWriteError(job.label, f"{problem}{hint}")
                 progress.start_image(f"{job.label} tau {tau:g} seed {seed}", image.width * image.height)
                 rgb = upscaler.upscale(image.rgb, out_w, out_h, opts["tile"], on_tile=progress.tile_done,
-                                       warn=lambda m: report.note(f"{job.label}: {m}"), seed=seed, tau=tau)
+                                       warn=lambda m: report.note(f"{job.label}: {m}"),
+                                       options=RunOptions(seed, tau))
                 if needs_pixels:  # only the grid and the std-map need the samples after writing
                     drawn.setdefault(tau, []).append(rgb)
                 if path is not None and path.exists() and not opts["overwrite"]:

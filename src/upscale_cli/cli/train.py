@@ -9,15 +9,16 @@ import click
 
 from upscale_cli.cli.common import echo_err, run_guarded
 from upscale_cli.errors import ExitCode
-from upscale_cli.train.config import RECIPES
+from upscale_cli.archs.catalog import DEFAULT_RECIPE, recipes
 
 DEFAULT_VAL = Path("../shared/data/val/Set5")
 _OPTION_FIELDS = ("data", "val", "scale", "iters", "batch", "patch", "lr", "init", "seed", "precision",
-                  "loss", "vgg_weights", "out")
+                  "device", "loss", "vgg_weights", "out")
 
 
 @click.command()
-@click.option("-m", "--model", "model", type=click.Choice(RECIPES), default=None, help="Recipe (default srresnet).")
+@click.option("-m", "--model", "model", type=click.Choice(recipes()), default=None,
+              help=f"Recipe (default {DEFAULT_RECIPE}).")
 @click.option("--data", type=click.Path(exists=True, file_okay=False), help="Folder of HR training images.")
 @click.option("--val", type=click.Path(exists=True, file_okay=False),
               help=f"HR/ + LR_x4/ validation folder (default {DEFAULT_VAL} when present).")
@@ -25,7 +26,7 @@ _OPTION_FIELDS = ("data", "val", "scale", "iters", "batch", "patch", "lr", "init
 @click.option("--iters", type=int, help="Total optimiser steps.")
 @click.option("--batch", type=int, help="Patches per step (per process).")
 @click.option("--patch", type=int, help="HR patch size in pixels.")
-@click.option("--lr", type=float, help="Peak learning rate (default 2e-4; srflow 2.5e-4).")
+@click.option("--lr", type=float, help="Peak learning rate (default: the recipe's, 2e-4 for most).")
 @click.option("--loss", type=click.Choice(["l1", "mse"]), help="Pixel loss.")
 @click.option("--out", type=click.Path(dir_okay=False),
               help="Where to write the final weights (remembered by --resume).")
@@ -37,6 +38,7 @@ _OPTION_FIELDS = ("data", "val", "scale", "iters", "batch", "patch", "lr", "init
               help="VGG19 weights (torchvision layout, safetensors or .pth) for the VGG content loss.")
 @click.option("--seed", type=int, help="Seed for initialisation and patch sampling.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), help="Training precision.")
+@click.option("--device", help="auto (CUDA when present, the default), cpu, cuda or cuda:N.")
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), help="TOML settings file.")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="Override any setting (repeatable).")
 @click.option("-v", "--verbose", is_flag=True, help="Show tracebacks.")
@@ -57,7 +59,6 @@ def _train(model: str | None, run_dir: str | None, resume: str | None,
 
     from upscale_cli.train.config import TrainConfig, apply_settings, parse_set_options, read_toml, recipe_defaults
     from upscale_cli.train.loop import Trainer, TrainingInterrupted
-    from upscale_cli.train.validate import make_validator
 
     given = {k: v for k, v in options.items() if v is not None and k in _OPTION_FIELDS}
     if model:
@@ -68,7 +69,7 @@ def _train(model: str | None, run_dir: str | None, resume: str | None,
             run_path = Path(resume or run_dir or "")
             if not (run_path / "state.pt").is_file():
                 raise click.BadParameter(f"{run_path}: no state.pt to resume from", param_hint="--resume")
-            config = apply_settings(TrainConfig(), json.loads((run_path / "config.json").read_text()))
+            config = TrainConfig.from_settings(json.loads((run_path / "config.json").read_text()))
         else:
             toml = read_toml(Path(config_file)) if config_file else {}
             name = overrides.get("model") or given.get("model") or toml.get("model") or TrainConfig.model
@@ -85,7 +86,10 @@ def _train(model: str | None, run_dir: str | None, resume: str | None,
     if resume is None and (run_path / "state.pt").exists():
         raise click.UsageError(f"{run_path} holds a run already: use --resume, or another --run-dir")
 
-    trainer = Trainer(config, run_path, command, validate=make_validator(config))
+    try:
+        trainer = Trainer(config, run_path, command)
+    except ValueError as exc:  # a device this machine lacks, settings the recipe refuses
+        raise click.UsageError(str(exc)) from None
     try:
         exported = trainer.run(resume=resume is not None)
     except TrainingInterrupted as exc:

@@ -12,6 +12,8 @@ import click
 from upscale_cli.cli.batch import (Job, Outcome, Reporter, check_output_usage, destination, existing_output,
                                    expand_inputs, format_scale, load_model_for_cli, output_options, provenance,
                                    write_output)
+from upscale_cli.archs.base import RunOptions
+from upscale_cli.archs.catalog import DEFAULT_MODEL
 from upscale_cli.cli.common import run_guarded
 from upscale_cli.cli.progress import BatchProgress
 from upscale_cli.errors import ExitCode, ImageWriteError, UpscaleError
@@ -24,10 +26,11 @@ DEFAULT_NAME = "{stem}_x{scale}.{ext}"
 @click.option("-x", "--scale", type=click.FloatRange(min=1), help="Upscaling factor (default: the model's native scale).")
 @click.option("--width", type=click.IntRange(min=1), help="Target width in pixels (height follows unless given).")
 @click.option("--height", type=click.IntRange(min=1), help="Target height in pixels (width follows unless given).")
-@click.option("-m", "--model", default="srgan", show_default=True, help="Model name, 'bicubic', or a .safetensors path.")
+@click.option("-m", "--model", default=DEFAULT_MODEL, show_default=True,
+              help="Model name, 'bicubic', or a .safetensors path.")
 @click.option("--seed", type=click.IntRange(min=0), help="Seed for stochastic models (0 is a valid seed).")
 @click.option("--tau", type=click.FloatRange(0, 2),
-              help="Sampling temperature for stochastic models (default: the model's, 0.8 for SRFlow).")
+              help="Sampling temperature for stochastic models (default: the model's own).")
 @click.option("--tta", is_flag=True,
               help="Average the model's output over the 8 flips and rotations of the input: 8x the time, "
                    "slightly higher PSNR (deterministic models).")
@@ -44,18 +47,6 @@ def upscale(**opts: Any) -> None:
     run_guarded(lambda: _run(opts), opts["verbose"])
 
 
-def target_size(width: int, height: int, opts: dict[str, Any], native: int) -> tuple[int, int]:
-    """Output (width, height) from --scale, or --width/--height (aspect kept when only one is given)."""
-    if opts["width"] and opts["height"]:
-        return opts["width"], opts["height"]
-    if opts["width"]:
-        return opts["width"], max(1, round(height * opts["width"] / width))
-    if opts["height"]:
-        return max(1, round(width * opts["height"] / height)), opts["height"]
-    factor = opts["scale"] or native
-    return max(1, round(width * factor)), max(1, round(height * factor))
-
-
 def _run(opts: dict[str, Any]) -> int:
     check_output_usage(opts)
     if opts["scale"] is not None and (opts["width"] or opts["height"]):
@@ -70,8 +61,12 @@ def _run(opts: dict[str, Any]) -> int:
             if opts[flag] is not None and not upscaler.stochastic:
                 report.note(f"--{flag} has no effect on {upscaler.name}: the model is deterministic")
         for flag in ("tta", "color_fix"):
-            if opts[flag] and upscaler.runner is None:
+            if opts[flag] and not upscaler.is_network:
                 report.note(f"--{flag.replace('_', '-')} has no effect on bicubic")
+        try:
+            upscaler.output_size(1, 1, opts["scale"], opts["width"], opts["height"])
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from None
         report.note(f"{upscaler.name} (x{upscaler.scale}) on {upscaler.device}, {upscaler.precision}, "
                     f"tile {opts['tile']}, overlap {upscaler.overlap}{', 8-view tta' if upscaler.tta else ''}"
                     f"{', color-fix' if upscaler.color_fix else ''}; "
@@ -92,7 +87,7 @@ def _process(job: Job, upscaler: Any, opts: dict[str, Any], progress: BatchProgr
     try:
         source = sys.stdin.buffer.read() if job.source is None else job.source
         image = read_image(source, max_pixels=opts["max_pixels"], name=job.label)
-        out_w, out_h = target_size(image.width, image.height, opts, upscaler.scale)
+        out_w, out_h = upscaler.output_size(image.width, image.height, opts["scale"], opts["width"], opts["height"])
         fmt = output_format(opts["fmt"], image.format, image.alpha is not None)
         if opts["fmt"] not in ("same", fmt):
             report.note(f"{job.label}: {opts['fmt']} cannot hold the alpha channel; writing {fmt}")
@@ -116,7 +111,7 @@ def _process(job: Job, upscaler: Any, opts: dict[str, Any], progress: BatchProgr
             raise ImageWriteError(shown, f"{problem} (ask for less with --scale, --width or --height)")
         progress.start_image(job.label, image.width * image.height)
         rgb = upscaler.upscale(image.rgb, out_w, out_h, opts["tile"], on_tile=progress.tile_done,
-                               warn=lambda m: report.note(f"{job.label}: {m}"), seed=seed, tau=tau)
+                               warn=lambda m: report.note(f"{job.label}: {m}"), options=RunOptions(seed, tau))
         write_output(path, rgb, image, fmt, opts, made_by)
         progress.image_done(out_w * out_h)
         extra["seconds"] = round(time.perf_counter() - started, 3)

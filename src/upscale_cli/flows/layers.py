@@ -1,4 +1,4 @@
-"""Invertible layers for (conditional) normalizing flows, written from the SRFlow / Glow papers.
+"""Invertible layers for (conditional) normalizing flows, written from the SRFlow, Glow and ArtFlow papers.
 
 Protocol (every layer derives from `InvertibleLayer`):
 
@@ -15,22 +15,25 @@ because the reverse direction divides by scales down to 1e-4 and amplifies round
 parameter networks may run in bf16 (`set_param_net_dtype`): they hold most of the compute, and their
 outputs are deterministic functions of values both directions share.
 
-`Split` is the one layer whose latent is not a single tensor: its encode output is the pair
-`(z1, eps)` (the kept channels and the factored-out channels already standardised by the learned
-prior), and its reverse takes that pair back. Its logdet is the log-determinant of the bijection
-(z1, z2) -> (z1, eps), i.e. -sum(log sigma); the Gaussian log-density of the factored-out channels,
-log N(z2; mu, sigma^2) = log N(eps; 0, I) - sum(log sigma), is therefore `logdet` plus
-`standard_normal_log_prob(eps)`, and the multi-scale container that collects the eps tensors adds
-the standard-normal terms together with the top-level prior. Keeping the prior out of the logdet
-makes every layer's logdet a true Jacobian log-determinant (what the tests check with autograd).
+`Split` keeps the protocol too: its encode output has the input's shape, the kept channels z1 followed
+by the factored-out channels already standardised by the learned prior (eps), and its reverse takes
+that tensor back. Its logdet is the log-determinant of the bijection (z1, z2) -> (z1, eps), i.e.
+-sum(log sigma); the Gaussian log-density of the factored-out channels, log N(z2; mu, sigma^2) =
+log N(eps; 0, I) - sum(log sigma), is therefore `logdet` plus `standard_normal_log_prob(eps)`, and the
+multi-scale container (`flows.multiscale`) that collects the eps tensors adds the standard-normal
+terms together with the top-level prior. Keeping the prior out of the logdet makes every layer's
+logdet a true Jacobian log-determinant (what the tests check with autograd).
+
+Couplings take their parameter network from a factory (`net(in_channels, out_channels)`), so a model
+chooses its own (SRFlow's `ParamNet`, ArtFlow's zero-padded-with-one network); the affine coupling also
+takes the scale function (SRFlow's bounded sigmoid by default).
 """
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
-
 import math
-from typing import Sequence
+from abc import ABC, abstractmethod
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -184,21 +187,81 @@ class InvertibleConv1x1(InvertibleLayer):
         return f"{self.channels}"
 
 
+class LUInvertibleConv1x1(InvertibleLayer):
+    """Glow's LU-decomposed invertible 1x1 convolution: W = P L (U + diag(sign * exp(log_s))).
+
+    P (a permutation) and the signs are fixed buffers from the LU decomposition of a random orthogonal
+    matrix; L (unit lower triangular), U (strictly upper) and log_s are learned. log|det W| = sum(log_s)
+    costs nothing, and the inverse is computed in float64 from the factors (triangular solves).
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.channels = channels
+        q, _ = torch.linalg.qr(torch.randn(channels, channels, dtype=torch.float64))
+        permutation, lower, upper = torch.linalg.lu(q)
+        diagonal = torch.diagonal(upper)
+        dtype = torch.get_default_dtype()
+        self.register_buffer("permutation", permutation.to(dtype))
+        self.register_buffer("sign", torch.sign(diagonal).to(dtype))
+        self.register_buffer("lower_mask", torch.tril(torch.ones(channels, channels), -1).to(dtype))
+        self.lower = nn.Parameter(lower.to(dtype))
+        self.upper = nn.Parameter(torch.triu(upper, 1).to(dtype))
+        self.log_s = nn.Parameter(torch.log(diagonal.abs()).to(dtype))
+
+    def _factors(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        eye = torch.eye(self.channels, dtype=dtype, device=self.lower.device)
+        lower = self.lower.to(dtype) * self.lower_mask.to(dtype) + eye
+        upper = self.upper.to(dtype) * self.lower_mask.T.to(dtype) + torch.diag(self.sign.to(dtype) * torch.exp(self.log_s.to(dtype)))
+        return lower, upper
+
+    def matrix(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """W = P L U in `dtype`."""
+        lower, upper = self._factors(dtype)
+        return self.permutation.to(dtype) @ lower @ upper
+
+    def _inverse(self, dtype: torch.dtype) -> torch.Tensor:
+        """W^-1 = U^-1 L^-1 P^T, from triangular solves in float64."""
+        lower, upper = self._factors(torch.float64)
+        eye = torch.eye(self.channels, dtype=torch.float64, device=lower.device)
+        inverse_lower = torch.linalg.solve_triangular(lower, eye, upper=False, unitriangular=True)
+        inverse_upper = torch.linalg.solve_triangular(upper, eye, upper=True)
+        return (inverse_upper @ inverse_lower @ self.permutation.double().T).to(dtype)
+
+    def _logdet(self, x: torch.Tensor) -> torch.Tensor:
+        return x.new_zeros(x.shape[0]) + x.shape[2] * x.shape[3] * self.log_s.sum().to(x.dtype)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        return F.conv2d(x, self.matrix(x.dtype)[:, :, None, None]), self._logdet(x)
+
+    def reverse(self, z: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        return F.conv2d(z, self._inverse(z.dtype)[:, :, None, None]), -self._logdet(z)
+
+    def extra_repr(self) -> str:
+        return f"{self.channels}"
+
+
 class ZeroConv2d(nn.Module):
     """A zero-initialised conv (3x3, bias) whose output is multiplied by exp(3 * l), l per channel (init 0).
 
     At init its output is exactly 0, so the affine layers fed by it start as a fixed per-element
-    scale of sigmoid(2) with no shift, and split priors start as N(0, I).
+    scale of sigmoid(2) with no shift, and split priors start as N(0, I). `pad_value` is what the
+    border is padded with: 0 (SRFlow), or 1 as in Glow and ArtFlow, which tells the layer where the
+    image ends.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3) -> None:
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, pad_value: float = 0.0) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2)
+        self.pad = kernel_size // 2
+        self.pad_value = pad_value
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=self.pad if pad_value == 0 else 0)
         nn.init.zeros_(self.conv.weight)
         nn.init.zeros_(self.conv.bias)
         self.logs = nn.Parameter(torch.zeros(1, out_channels, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pad_value != 0:
+            x = F.pad(x, (self.pad,) * 4, value=self.pad_value)
         return self.conv(x) * torch.exp(3 * self.logs)
 
 
@@ -275,27 +338,48 @@ class AffineInjector(InvertibleLayer):
         return z / scale - shift, -_per_sample_sum(torch.log(scale))
 
 
-class ConditionalAffineCoupling(InvertibleLayer):
-    """Affine coupling: the first floor(C/2) channels pass, the rest are shifted then scaled.
+NetFactory = Callable[[int, int], nn.Module]
 
-    [shift, raw] = F(concat(x_a, cond)) (interleaved), scale = sigmoid(raw + 2) + 1e-4,
-    y_b = (x_b + shift) * scale, y_a = x_a, logdet = sum(log scale). With `cond_channels=0` it is an
-    unconditional coupling (cond must then be None).
-    """
 
-    def __init__(self, channels: int, cond_channels: int, hidden: int) -> None:
+def param_net(hidden: int) -> NetFactory:
+    """The factory of SRFlow's `ParamNet` with `hidden` channels."""
+    return lambda in_channels, out_channels: ParamNet(in_channels, out_channels, hidden)
+
+
+class _Coupling(InvertibleLayer):
+    """The split of a coupling: the first floor(C/2) channels pass and, with the condition, feed the network."""
+
+    def __init__(self, channels: int, cond_channels: int, net: NetFactory, outputs_per_channel: int) -> None:
         super().__init__()
         if channels < 2:
             raise ValueError(f"a coupling needs at least 2 channels, got {channels}")
         self.pass_channels = channels // 2
         self.cond_channels = cond_channels
-        self.net = ParamNet(self.pass_channels + cond_channels, 2 * (channels - self.pass_channels), hidden)
+        self.net = net(self.pass_channels + cond_channels, outputs_per_channel * (channels - self.pass_channels))
 
-    def _params(self, x_a: torch.Tensor, cond: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def _net_output(self, x_a: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
         if (cond is None) != (self.cond_channels == 0):
             raise ValueError(f"this coupling expects {self.cond_channels} condition channels")
-        h = self.net(x_a if cond is None else torch.cat([x_a, cond.to(x_a.dtype)], 1))
-        return h[:, 0::2], affine_scale(h[:, 1::2])
+        return self.net(x_a if cond is None else torch.cat([x_a, cond.to(x_a.dtype)], 1))
+
+
+class ConditionalAffineCoupling(_Coupling):
+    """Affine coupling: the first floor(C/2) channels pass, the rest are shifted then scaled.
+
+    [shift, raw] = F(concat(x_a, cond)) (interleaved), scale = scale_fn(raw) (SRFlow's
+    sigmoid(raw + 2) + 1e-4 by default), y_b = (x_b + shift) * scale, y_a = x_a, logdet = sum(log scale).
+    F is `net(in, out)` (SRFlow's ParamNet with `hidden` channels when no factory is given). With
+    `cond_channels=0` it is an unconditional coupling (cond must then be None).
+    """
+
+    def __init__(self, channels: int, cond_channels: int, hidden: int = 64, *, net: NetFactory | None = None,
+                 scale_fn: Callable[[torch.Tensor], torch.Tensor] = affine_scale) -> None:
+        super().__init__(channels, cond_channels, net or param_net(hidden), 2)
+        self.scale_fn = scale_fn
+
+    def _params(self, x_a: torch.Tensor, cond: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self._net_output(x_a, cond)
+        return h[:, 0::2], self.scale_fn(h[:, 1::2])
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         x_a, x_b = x[:, : self.pass_channels], x[:, self.pass_channels :]
@@ -308,6 +392,24 @@ class ConditionalAffineCoupling(InvertibleLayer):
         shift, scale = self._params(z_a, cond)
         x = torch.cat([z_a, z_b / scale - shift], 1)
         return x, -_per_sample_sum(torch.log(scale))
+
+
+class AdditiveCoupling(_Coupling):
+    """Additive coupling (NICE, Glow, ArtFlow): y_a = x_a, y_b = x_b + F(concat(x_a, cond)); logdet 0.
+
+    Volume-preserving, so its inverse subtracts exactly what was added and nothing is divided.
+    """
+
+    def __init__(self, channels: int, net: NetFactory, cond_channels: int = 0) -> None:
+        super().__init__(channels, cond_channels, net, 1)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        x_a, x_b = x[:, : self.pass_channels], x[:, self.pass_channels :]
+        return torch.cat([x_a, x_b + self._net_output(x_a, cond)], 1), x.new_zeros(x.shape[0])
+
+    def reverse(self, z: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        z_a, z_b = z[:, : self.pass_channels], z[:, self.pass_channels :]
+        return torch.cat([z_a, z_b - self._net_output(z_a, cond)], 1), z.new_zeros(z.shape[0])
 
 
 class Squeeze(InvertibleLayer):
@@ -329,9 +431,9 @@ class Split(InvertibleLayer):
 
     z1 = the first C - C//2 channels (kept; C - round(C/2) for every even C), z2 = the last C//2.
     [mu, log sigma] = ZeroConv2d(z1) (interleaved: even = mu, odd = log sigma).
-    Encode: returns `((z1, eps), logdet)` with eps = (z2 - mu) / sigma and logdet = -sum(log sigma).
-    Reverse: takes `(z1, eps)`; when eps is None it is drawn as tau * N(0, I) (from `generator`);
-    z2 = mu + sigma * eps. See the module docstring for how the prior density is accounted.
+    Encode: returns `(cat[z1, eps], logdet)` with eps = (z2 - mu) / sigma and logdet = -sum(log sigma).
+    Reverse: takes `cat[z1, eps]`; z2 = mu + sigma * eps. `draw` makes tau * N(0, I) noise for eps.
+    See the module docstring for how the prior density is accounted.
     """
 
     def __init__(self, channels: int) -> None:
@@ -348,31 +450,25 @@ class Split(InvertibleLayer):
         h = self.prior(z1)
         return h[:, 0::2], h[:, 1::2]
 
-    def forward(  # type: ignore[override]
-        self, x: torch.Tensor, cond: torch.Tensor | None = None
-    ) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         z1, z2 = x[:, : self.keep_channels], x[:, self.keep_channels :]
         mean, log_std = self.prior_params(z1)
         eps = (z2 - mean) * torch.exp(-log_std)
-        return (z1, eps), -_per_sample_sum(log_std)
+        return torch.cat([z1, eps], 1), -_per_sample_sum(log_std)
 
-    def reverse(  # type: ignore[override]
-        self,
-        z: tuple[torch.Tensor, torch.Tensor | None],
-        cond: torch.Tensor | None = None,
-        *,
-        tau: float = 1.0,
-        generator: torch.Generator | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        z1, eps = z
+    def reverse(self, z: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        if z.shape[1] != self.channels:
+            raise ValueError(f"a split's reverse takes {self.channels} channels (kept + noise), got {z.shape[1]}")
+        z1, eps = z[:, : self.keep_channels], z[:, self.keep_channels :]
         mean, log_std = self.prior_params(z1)
-        if eps is None:
-            device = generator.device if generator is not None else z1.device
-            eps = tau * torch.randn(mean.shape, generator=generator, device=device, dtype=mean.dtype).to(z1.device)
-        if eps.shape != mean.shape:
-            raise ValueError(f"split noise has shape {tuple(eps.shape)}, expected {tuple(mean.shape)}")
         z2 = mean + torch.exp(log_std) * eps.to(mean.dtype)
         return torch.cat([z1, z2], 1), _per_sample_sum(log_std)
+
+    def draw(self, z1: torch.Tensor, tau: float, generator: torch.Generator | None = None) -> torch.Tensor:
+        """tau * N(0, I) noise shaped like the factored-out channels over `z1`, drawn on `generator`'s device."""
+        device = generator.device if generator is not None else z1.device
+        shape = (z1.shape[0], self.out_channels, *z1.shape[2:])
+        return (tau * torch.randn(shape, generator=generator, device=device, dtype=z1.dtype)).to(z1.device)
 
 
 def encode_chain(layers: Sequence[InvertibleLayer], x: torch.Tensor,
@@ -426,7 +522,7 @@ class FlowStep(InvertibleLayer):
         self.actnorm = ActNorm(channels)
         self.conv = InvertibleConv1x1(channels)
         self.injector = AffineInjector(channels, cond_channels, hidden) if cond_channels > 0 else None
-        self.coupling = ConditionalAffineCoupling(channels, cond_channels, hidden)
+        self.coupling = ConditionalAffineCoupling(channels, cond_channels, hidden=hidden)
 
     def _layers(self) -> list[InvertibleLayer]:
         layers: list[InvertibleLayer] = [self.actnorm, self.conv]

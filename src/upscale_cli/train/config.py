@@ -1,4 +1,8 @@
-"""The typed training configuration: defaults per recipe, a TOML file, the options, then `--set key=value`."""
+"""The typed training configuration: defaults per recipe, a TOML file, the options, then `--set key=value`.
+
+Shared settings live in `TrainConfig`; each recipe's own (a GAN's loss weights, a flow's schedule) in
+the typed dataclass its `RecipeSpec` names, held as `TrainConfig.options`.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +13,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from upscale_cli.archs.catalog import DEFAULT_RECIPE
+
 
 @dataclass
 class TrainConfig:
-    """Every knob of a training run; saved in the run directory and in exported metadata."""
+    """The knobs every training run has, and `options`: the recipe's own typed section (its RecipeSpec's
+    options dataclass: GAN weights, flow schedules, ...). Saved in the run directory and in exported
+    metadata as one flat JSON object."""
 
-    model: str = "srresnet"
+    model: str = DEFAULT_RECIPE
     data: str = ""
     val: str = ""
     scale: int = 4
@@ -33,41 +41,42 @@ class TrainConfig:
     save_minutes: float = 5.0
     seed: int = 0
     precision: str = "auto"
+    device: str = "auto"  # auto (CUDA when present), cpu, cuda or cuda:N
     init: str = ""  # generator weights to start from (safetensors)
     out: str = ""  # where `upscale train` copies the final weights (the run directory keeps its own)
     arch: dict[str, Any] = field(default_factory=dict)  # architecture config overrides
-    # GAN recipes
-    adv_weight: float = 1e-3
-    content: str = "dfeat"  # vgg (needs vgg_weights) | dfeat (discriminator feature matching)
-    content_weight: float = 1.0
-    pixel_weight: float = 0.0
-    vgg_weights: str = ""
-    d_lr: float = 0.0  # 0 = same as lr
-    # SRFlow
-    encoder_frozen_fraction: float = 0.5  # encoder (from `init`) frozen for this fraction of iters, then trained
-    encoder_warmup: int = 0  # steps over which the unfrozen encoder's updates ramp from 0 to the full learning rate
-    hr_noise: bool = True  # dequantisation noise (Gaussian, std 4/(sqrt(3)*255)) added to HR while training
-    param_nets_fp32: bool = False  # keep the flow's parameter networks in fp32 under bf16 (1.8x slower steps)
-    val_crop: int = 128  # SRFlow validation uses HR centre crops of at most this size (CPU cost)
+    options: Any = None  # the recipe's typed section; None means its defaults
+
+    def __post_init__(self) -> None:
+        if self.options is None:
+            self.options = options_type(self.model)()
+
+    def settings(self) -> dict[str, Any]:
+        """Every setting as one flat dict: the shared ones and the recipe's own side by side."""
+        shared = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "options"}
+        return {**shared, **dataclasses.asdict(self.options)}
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+        return json.dumps(self.settings(), sort_keys=True)
+
+    @classmethod
+    def from_settings(cls, settings: dict[str, Any]) -> TrainConfig:
+        """The config that `settings()` (or a run directory's config.json) describes."""
+        return apply_settings(cls(model=settings.get("model", DEFAULT_RECIPE)), settings)
 
 
-# The recipes (`upscale_cli.train.recipes.<name>`), and what each needs other than TrainConfig's
-# defaults: kept here, not in the recipes, because `upscale train --help` and config parsing must not
-# import torch. SRFlow: the paper's learning rate;
-# no EMA, because the average of a flow's weights is a worse flow than the live weights
-# (weights/README.md, SRFlow section).
-RECIPES = ("srresnet", "srgan", "srflow")
-RECIPE_DEFAULTS: dict[str, dict[str, Any]] = {
-    "srflow": {"lr": 2.5e-4, "ema": 0.0},
-}
+def options_type(model: str) -> type:
+    """The typed settings dataclass of the recipe for `model` (importing the recipe module)."""
+    from upscale_cli.train.recipes import recipe_spec
+
+    return recipe_spec(model).options
 
 
 def recipe_defaults(model: str) -> TrainConfig:
     """TrainConfig's defaults for `model`: the shared ones with the recipe's own on top."""
-    return apply_settings(TrainConfig(model=model), RECIPE_DEFAULTS.get(model, {}))
+    from upscale_cli.train.recipes import recipe_spec
+
+    return apply_settings(TrainConfig(model=model), recipe_spec(model).defaults)
 
 
 def _coerce(name: str, kind: Any, text: str) -> Any:
@@ -98,21 +107,32 @@ def _json_or_text(text: str) -> Any:
 def apply_settings(config: TrainConfig, values: dict[str, Any], strings: bool = False) -> TrainConfig:
     """A copy of `config` with `values` applied; unknown keys are errors, not silently dropped.
 
-    Keys of the form `arch.NAME` set architecture config entries.
+    Keys are shared settings or the recipe's own (flat, as `settings()` writes them); `arch.NAME` sets an
+    architecture config entry. A new `model` starts from that recipe's own settings' defaults.
     """
-    fields = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
+    shared = {f.name: f.type for f in dataclasses.fields(TrainConfig) if f.name != "options"}
     updates: dict[str, Any] = {}
     arch = dict(config.arch)
+    recipe_values: dict[str, Any] = {}
     for key, value in values.items():
         if key.startswith("arch."):
             arch[key[5:]] = _json_or_text(value) if strings else value
-            continue
-        if key not in fields:
-            raise ValueError(f"unknown training setting {key!r}")
-        updates[key] = _coerce(key, fields[key], value) if strings else value
+        elif key in shared:
+            updates[key] = _coerce(key, shared[key], value) if strings else value
+        else:
+            recipe_values[key] = value
     if "arch" in updates:
         arch.update(updates.pop("arch"))
-    return dataclasses.replace(config, **updates, arch=arch)
+    model = updates.get("model", config.model)
+    options = config.options if model == config.model else options_type(model)()
+    own = {f.name: f.type for f in dataclasses.fields(options)}
+    unknown = sorted(set(recipe_values) - set(own))
+    if unknown:
+        raise ValueError(f"unknown training setting {unknown[0]!r} (for {model}: the shared settings and "
+                         f"{', '.join(own) or 'no settings of its own'})")
+    options = dataclasses.replace(options, **{k: _coerce(k, own[k], v) if strings else v
+                                              for k, v in recipe_values.items()})
+    return dataclasses.replace(config, **updates, arch=arch, options=options)
 
 
 def parse_set_options(items: tuple[str, ...]) -> dict[str, str]:

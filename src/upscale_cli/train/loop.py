@@ -13,7 +13,6 @@ import math
 import os
 import signal
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -23,17 +22,17 @@ import torch.distributed as dist
 from torch import nn
 
 from upscale_cli import __version__
+from upscale_cli.atomic import write_atomically
 from upscale_cli.checkpoint import CheckpointInfo, config_dict, save_checkpoint
-from upscale_cli.device import autocast, emulated_bf16_warning, resolve_precision
+from upscale_cli.device import autocast, emulated_bf16_warning, resolve_device, resolve_precision
 from upscale_cli.train.config import TrainConfig
-from upscale_cli.train.data import PatchSampler
-from upscale_cli.train.recipes import Recipe, make_recipe
+from upscale_cli.train.recipes import Recipe, TrainContext, Validator, make_recipe
 
 # Settings --resume may change; any other change is refused. `iters` and `encoder_frozen_fraction` reshape
 # the schedule from the current step on, `encoder_warmup` the encoder's ramp after its unfreezing; `ema`
 # only changes the averaged copy that is validated and exported (ema=0: the live weights), never the
-# training trajectory.
-RESUMABLE_CHANGES = ("iters", "out", "ema", "encoder_frozen_fraction", "encoder_warmup")
+# training trajectory; `device` moves a run to another machine (a CPU run continued on a GPU).
+RESUMABLE_CHANGES = ("iters", "out", "ema", "encoder_frozen_fraction", "encoder_warmup", "device")
 
 
 class TrainingInterrupted(Exception):
@@ -90,26 +89,19 @@ def recalibrate_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor],
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    """torch.save to a temporary file beside `path`, then rename: a crash never leaves half a file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """torch.save through the one atomic writer: a crash never leaves half a state file."""
+    write_atomically(path, lambda handle: torch.save(obj, handle))
 
 
 class Distributed:
     """Rank and world size from torchrun's environment; a single process when it is absent."""
 
-    def __init__(self) -> None:
+    def __init__(self, device: torch.device) -> None:
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
+        self.device = device
         if self.world > 1 and not dist.is_initialized():
-            backend = "nccl" if torch.cuda.is_available() else "gloo"
-            dist.init_process_group(backend)
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
 
     @property
     def main(self) -> bool:
@@ -118,6 +110,8 @@ class Distributed:
     def wrap(self, module: nn.Module) -> nn.Module:
         if self.world == 1:
             return module
+        if self.device.type == "cuda":
+            return nn.parallel.DistributedDataParallel(module, device_ids=[self.device])
         return nn.parallel.DistributedDataParallel(module)
 
     def gather(self, obj: Any) -> list[Any]:
@@ -131,7 +125,7 @@ class Distributed:
         """True on every rank when it is true on any rank (so all ranks stop together)."""
         if self.world == 1:
             return flag
-        value = torch.tensor([int(flag)])
+        value = torch.tensor([int(flag)], device=self.device)
         dist.all_reduce(value)
         return bool(value.item())
 
@@ -152,6 +146,15 @@ class Distributed:
     def close(self) -> None:
         if self.world > 1 and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def training_device(name: str) -> torch.device:
+    """The device of this process: `name` resolved, and under torchrun on CUDA the GPU of its LOCAL_RANK."""
+    device = resolve_device(name)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    return device
 
 
 def _tensorboard_writer(run_dir: Path) -> Any:
@@ -178,24 +181,25 @@ class Trainer:
     """Runs one recipe to `config.iters` steps in `run_dir`, resuming from its state when asked."""
 
     def __init__(self, config: TrainConfig, run_dir: Path, command: str,
-                 validate: Callable[[nn.Module], dict[str, Any]] | None = None,
+                 validate: Validator | None = None,
                  echo: Callable[[str], None] = lambda s: print(s, file=sys.stderr)) -> None:
+        """`validate` replaces the recipe's own validator (None: the recipe's)."""
         self.config = config
         self.run_dir = Path(run_dir)
         self.command = command
-        self.validate = validate
         self.echo = echo
-        self.dist = Distributed()
-        self.device = torch.device("cpu")
-        self.precision = resolve_precision(config.precision, self.device)
+        self.device = training_device(config.device)
+        self.dist = Distributed(self.device)
+        # fp16 would need loss scaling, which the recipes do not do: auto picks bf16 or fp32 only.
+        self.precision = resolve_precision(config.precision, self.device, fp16=False)
         warning = emulated_bf16_warning(self.device, self.precision)
         if warning and self.dist.main:
             self.echo(f"warning: {warning}")
         torch.manual_seed(config.seed)
-        self.recipe: Recipe = make_recipe(config, self.dist.wrap)
+        self.recipe: Recipe = make_recipe(config, TrainContext(self.device, self.dist.wrap))
+        self.validate = validate if validate is not None else self.recipe.validator()
         self.ema = ModelEMA(self.recipe.generator, config.ema)
-        self.sampler = PatchSampler(Path(config.data), config.patch, config.scale, config.batch,
-                                    seed=config.seed + 1_000_003 * self.dist.rank)
+        self.sampler = self.recipe.batches(seed=config.seed + 1_000_003 * self.dist.rank)
         self.step = 0
         self.best: dict[str, Any] = {}
         self.latest_validation: dict[str, Any] = {}
@@ -219,6 +223,7 @@ class Trainer:
             "ema": self.ema.shadow.state_dict(),
             "samplers": samplers,
             "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else torch.zeros(0),
             "best": json.dumps(self.best),
             "latest_validation": json.dumps(self.latest_validation),
             "elapsed": self.elapsed,
@@ -239,6 +244,8 @@ class Trainer:
         self.ema.shadow.load_state_dict(state["ema"])
         self.sampler.load_state_dict(state["samplers"][self.dist.rank])
         torch.set_rng_state(state["torch_rng"])
+        if self.device.type == "cuda" and state.get("cuda_rng") is not None and len(state["cuda_rng"]):
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
         self.best = json.loads(state["best"])
         self.latest_validation = json.loads(state.get("latest_validation", "{}"))  # absent in older states
         self.elapsed = state["elapsed"]
@@ -296,7 +303,7 @@ class Trainer:
                 or self._ema_statistics_step == self.step):
             return
         sampler = self.sampler.fork(self.config.seed + 7)
-        batches = (sampler.next_batch()[0] for _ in range(self.config.bn_batches))
+        batches = (sampler.next_batch().lr.to(self.device) for _ in range(self.config.bn_batches))
         recalibrate_batchnorm(self.ema.shadow, batches, lambda: autocast(self.device, self.precision))
         self._ema_statistics_step = self.step
 
@@ -357,8 +364,8 @@ class Trainer:
         sums: dict[str, float] = {}
         while self.step < cfg.iters:
             started = time.monotonic()
-            lr, hr = self.sampler.next_batch()
-            figures = self.recipe.train_step(lr, hr, self.step, lambda: autocast(self.device, self.precision))
+            batch = self.sampler.next_batch().to(self.device)
+            figures = self.recipe.train_step(batch, self.step, lambda: autocast(self.device, self.precision))
             self.dist.average_buffers(self.recipe.generator)
             self.ema.update(self.recipe.generator, self.step)
             self.step += 1

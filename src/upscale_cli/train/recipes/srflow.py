@@ -20,7 +20,7 @@
 * Adam + warm-up/cosine from train/optim.py over all parameters (Adam skips the frozen encoder,
   whose gradients are None).
 * `selection_metric` is None: the exported model is the last step's (live by default: the recipe's
-  `ema` default is 0, see `RECIPE_DEFAULTS` in train/config.py). Validation NLL keeps
+  `ema` default is 0, see `RECIPE` below). Validation NLL keeps
   falling under the cosine schedule, and PSNR at tau 0 would pick the least diverse weights (the
   same reason SRGAN keeps the last weights).
 
@@ -33,7 +33,8 @@ from __future__ import annotations
 import contextlib
 import math
 from pathlib import Path
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -41,10 +42,13 @@ from torch import nn
 
 from upscale_cli.archs.srflow import SRFlow, SRFlowConfig, default_stack_blocks
 from upscale_cli.checkpoint import load_model, load_strict, read_info
+from upscale_cli.bench.quality import diversity, load_pairs, lr_consistency, mean_figures
 from upscale_cli.flows.layers import set_param_net_dtype
+from upscale_cli.metrics import sr_figures
 from upscale_cli.train.config import TrainConfig
 from upscale_cli.train.optim import adam_with_schedule
-from upscale_cli.train.recipes import AutocastFactory, Recipe
+from upscale_cli.train.validate import center_crop_pair
+from upscale_cli.train.recipes import AutocastFactory, Batch, Recipe, RecipeSpec, TrainContext, Validator
 
 DEFAULT_ARCH: dict[str, Any] = {"steps": 4, "hidden": 64, "transition_steps": 2}
 _ENCODER_KEYS = {"channels": "encoder_channels", "blocks": "encoder_blocks", "norm": "encoder_norm"}
@@ -118,18 +122,30 @@ def _all_finite(value: torch.Tensor) -> bool:
     return bool(flag.item())
 
 
+@dataclass(frozen=True)
+class FlowOptions:
+    """SRFlow's own settings."""
+
+    encoder_frozen_fraction: float = 0.5  # encoder (from `init`) frozen for this fraction of iters, then trained
+    encoder_warmup: int = 0  # steps over which the unfrozen encoder's updates ramp from 0 to the full learning rate
+    hr_noise: bool = True  # dequantisation noise (Gaussian, std 4/(sqrt(3)*255)) added to HR while training
+    param_nets_fp32: bool = False  # keep the flow's parameter networks in fp32 under bf16 (1.8x slower steps)
+    val_crop: int = 128  # validation uses HR centre crops of at most this size (CPU cost)
+
+
 class SRFlowRecipe(Recipe):
     arch_id = "srflow"
     selection_metric = None
     recalibrate_batchnorm = False  # the encoder always uses the statistics it came with (see archs/srflow.py)
 
-    def __init__(self, config: TrainConfig, wrap: Callable[[nn.Module], nn.Module]) -> None:
-        if not 0.0 <= config.encoder_frozen_fraction <= 1.0:
-            raise ValueError(f"encoder_frozen_fraction must be in [0, 1], not {config.encoder_frozen_fraction}")
-        if config.encoder_warmup < 0:
-            raise ValueError(f"encoder_warmup must be 0 or more steps, not {config.encoder_warmup}")
+    def __init__(self, config: TrainConfig, context: TrainContext) -> None:
+        flow = config.options
+        if not 0.0 <= flow.encoder_frozen_fraction <= 1.0:
+            raise ValueError(f"encoder_frozen_fraction must be in [0, 1], not {flow.encoder_frozen_fraction}")
+        if flow.encoder_warmup < 0:
+            raise ValueError(f"encoder_warmup must be 0 or more steps, not {flow.encoder_warmup}")
         self.config = config
-        self.wrap = wrap
+        self.wrap = context.wrap
         self.arch_config = make_arch_config(config)
         multiple = 2**self.arch_config.levels
         if config.patch % multiple:
@@ -138,12 +154,12 @@ class SRFlowRecipe(Recipe):
         self.generator = SRFlow(self.arch_config)
         if config.init:
             load_encoder(self.generator, Path(config.init))
-        self.generator.train()
+        self.generator.to(context.device).train()
         self.objective = _Objective(self.generator)
-        self.objective.noise = config.hr_noise
+        self.objective.noise = flow.hr_noise
         self.net: nn.Module | None = None
         self.frozen: bool | None = None
-        self.freeze_steps = round(config.encoder_frozen_fraction * config.iters)
+        self.freeze_steps = round(flow.encoder_frozen_fraction * config.iters)
         self.unfrozen_at: int | None = None  # the step the encoder started training (it never freezes again)
         self.optimizer, self.schedule = adam_with_schedule(self.generator.parameters(), config.lr, config)
         self.skipped_total = 0
@@ -168,13 +184,16 @@ class SRFlowRecipe(Recipe):
         """Run the flow's parameter networks in the run's autocast dtype unless `param_nets_fp32`."""
         with autocast():
             dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
-        set_param_net_dtype(self.generator.flow, None if self.config.param_nets_fp32 else dtype)
+        set_param_net_dtype(self.generator.flow, None if self.config.options.param_nets_fp32 else dtype)
 
-    def train_step(self, lr: torch.Tensor, hr: torch.Tensor, step: int,
-                   autocast: AutocastFactory) -> dict[str, float]:
+    def validator(self) -> Validator | None:
+        return make_flow_validator(self.config) if self.config.val else None
+
+    def train_step(self, batch: Batch, step: int, autocast: AutocastFactory) -> dict[str, float]:
+        lr, hr = batch.lr, batch.hr
         self._param_nets_follow(autocast, hr.device.type)
         if not self.generator.initialized:
-            self.generator.initialize(hr, lr, noise=self.config.hr_noise)
+            self.generator.initialize(hr, lr, noise=self.config.options.hr_noise)
             _broadcast_from_rank0(self.generator)
         self._set_phase(self._encoder_frozen(step))
         assert self.net is not None
@@ -201,7 +220,7 @@ class SRFlowRecipe(Recipe):
         over `encoder_warmup` steps (1/N on the first trained step) to 1."""
         if self.unfrozen_at is None:
             return 0.0
-        return min(1.0, (step - self.unfrozen_at + 1) / max(1, self.config.encoder_warmup))
+        return min(1.0, (step - self.unfrozen_at + 1) / max(1, self.config.options.encoder_warmup))
 
     def _optimizer_step(self, step: int) -> None:
         """One Adam step; during the encoder's warm-up its parameters move only part of the way, which is
@@ -230,5 +249,46 @@ class SRFlowRecipe(Recipe):
         self.unfrozen_at = state.get("unfrozen_at")  # absent in states saved before it was recorded
 
 
-def build(config: TrainConfig, wrap: Callable[[nn.Module], nn.Module]) -> SRFlowRecipe:
-    return SRFlowRecipe(config, wrap)
+FLOW_TAU = 0.8  # sampling temperature of the stochastic validation figures
+FLOW_SAMPLES = 3  # samples per image for the tau 0.8 figures and the diversity
+
+
+def make_flow_validator(config: TrainConfig) -> Validator:
+    """SRFlow figures on HR centre crops of at most `val_crop` px, averaged over the images:
+
+    nll_bpd (bits/dim with the training noise, fixed seed), psnr_y_tau0 and lr_psnr_tau0 of the tau 0
+    output, psnr_y_tau08 / lr_psnr_tau08 (means over 3 samples at tau 0.8), diversity_tau08 (mean
+    per-pixel std of those samples, 0..255). Seeds are fixed per image, so figures are reproducible.
+    """
+    levels = int(math.log2(config.scale)) + 1
+    pairs = [center_crop_pair(p, config.scale, 2**levels, config.options.val_crop)
+             for p in load_pairs(Path(config.val), config.scale)]
+
+    @torch.no_grad()
+    def validate(model: nn.Module) -> dict[str, Any]:
+        model.eval()
+        device = next(model.parameters()).device
+        figures = []
+        for index, pair in enumerate(pairs):
+            generator = torch.Generator().manual_seed(index)
+            hr, lr = pair.hr[None].to(device), pair.lr[None].to(device)
+            nll = model.nll_bits_per_dim(hr, lr, noise=config.options.hr_noise, generator=generator).item()
+            mean = model.sample(lr, tau=0.0)[0].cpu()
+            draws = list(model.sample(lr.expand(FLOW_SAMPLES, -1, -1, -1), tau=FLOW_TAU, generator=generator).cpu())
+            figures.append({
+                "nll_bpd": nll,
+                "psnr_y_tau0": sr_figures(mean, pair.hr, border=config.scale)["psnr_y"],
+                "lr_psnr_tau0": lr_consistency(mean, pair.lr),
+                "psnr_y_tau08": mean_figures([sr_figures(d, pair.hr, border=config.scale) for d in draws])["psnr_y"],
+                "lr_psnr_tau08": sum(lr_consistency(d, pair.lr) for d in draws) / len(draws),
+                "diversity_tau08": diversity(draws),
+            })
+        return mean_figures(figures)
+
+    return validate
+
+
+RECIPE = RecipeSpec(build=SRFlowRecipe, options=FlowOptions,
+                    # The paper's learning rate; no EMA, because the average of a flow's weights is a worse flow
+                    # than the live weights (weights/README.md, SRFlow section).
+                    defaults={"lr": 2.5e-4, "ema": 0.0})

@@ -9,7 +9,8 @@ maps of SR and HR, averaged over the eight layers), which needs no download. One
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -19,28 +20,41 @@ from upscale_cli.train.config import TrainConfig
 from upscale_cli.train.discriminator import Discriminator, VGG19Features
 from upscale_cli.train.losses import pixel_loss
 from upscale_cli.train.optim import adam_with_schedule
-from upscale_cli.train.recipes import AutocastFactory, Recipe
+from upscale_cli.train.recipes import AutocastFactory, Batch, Recipe, RecipeSpec, TrainContext
 from upscale_cli.train.recipes.srresnet import make_generator
+
+
+@dataclass(frozen=True)
+class GANOptions:
+    """SRGAN's own settings: the adversarial and content terms of the generator loss, the discriminator's lr."""
+
+    adv_weight: float = 1e-3
+    content: str = "dfeat"  # vgg (needs vgg_weights) | dfeat (discriminator feature matching)
+    content_weight: float = 1.0
+    pixel_weight: float = 0.0
+    vgg_weights: str = ""
+    d_lr: float = 0.0  # 0 = same as lr
 
 
 class SRGANRecipe(Recipe):
     arch_id = "srresnet"
     selection_metric = None  # PSNR would pick the least GAN-like weights: export the last EMA instead
 
-    def __init__(self, config: TrainConfig, wrap: Callable[[nn.Module], nn.Module]) -> None:
-        if config.content not in ("vgg", "dfeat"):
-            raise ValueError(f"content must be vgg or dfeat, not {config.content!r}")
-        if config.content == "vgg" and not config.vgg_weights:
+    def __init__(self, config: TrainConfig, context: TrainContext) -> None:
+        gan = config.options
+        if gan.content not in ("vgg", "dfeat"):
+            raise ValueError(f"content must be vgg or dfeat, not {gan.content!r}")
+        if gan.content == "vgg" and not gan.vgg_weights:
             raise ValueError("content=vgg needs --vgg-weights FILE (torchvision VGG19 layout)")
         self.config = config
         self.arch_config, self.generator = make_generator(config)
         self.discriminator = Discriminator(patch=config.patch)
         for module in (self.generator, self.discriminator):
-            module.to(memory_format=torch.channels_last)
-        self.g_net, self.d_net = wrap(self.generator), wrap(self.discriminator)
-        self.vgg = VGG19Features.from_file(Path(config.vgg_weights)) if config.content == "vgg" else None
+            module.to(context.device, memory_format=torch.channels_last)
+        self.g_net, self.d_net = context.wrap(self.generator), context.wrap(self.discriminator)
+        self.vgg = VGG19Features.from_file(Path(gan.vgg_weights)).to(context.device) if gan.content == "vgg" else None
         self.g_opt, self.g_schedule = adam_with_schedule(self.g_net.parameters(), config.lr, config)
-        self.d_opt, self.d_schedule = adam_with_schedule(self.d_net.parameters(), config.d_lr or config.lr, config)
+        self.d_opt, self.d_schedule = adam_with_schedule(self.d_net.parameters(), gan.d_lr or config.lr, config)
 
     def _content(self, sr: torch.Tensor, hr: torch.Tensor, hr_maps: list[torch.Tensor],
                  sr_maps: list[torch.Tensor]) -> torch.Tensor:
@@ -48,12 +62,11 @@ class SRGANRecipe(Recipe):
             return F.mse_loss(self.vgg(sr).float(), self.vgg(hr).float())
         return sum(F.l1_loss(s.float(), h.float().detach()) for s, h in zip(sr_maps, hr_maps)) / len(sr_maps)
 
-    def train_step(self, lr: torch.Tensor, hr: torch.Tensor, step: int,
-                   autocast: AutocastFactory) -> dict[str, float]:
-        cfg = self.config
-        hr = hr.contiguous(memory_format=torch.channels_last)
+    def train_step(self, batch: Batch, step: int, autocast: AutocastFactory) -> dict[str, float]:
+        cfg, gan = self.config, self.config.options
+        hr = batch.hr.contiguous(memory_format=torch.channels_last)
         with autocast():
-            sr = self.g_net(lr.contiguous(memory_format=torch.channels_last))
+            sr = self.g_net(batch.lr.contiguous(memory_format=torch.channels_last))
         # Discriminator step: real HR -> 1, generated SR -> 0.
         with autocast():
             real_logit, _ = self.d_net(hr)
@@ -75,9 +88,9 @@ class SRGANRecipe(Recipe):
         self.discriminator.requires_grad_(True)
         adversarial = F.binary_cross_entropy_with_logits(fake_logit.float(), torch.ones_like(fake_logit, dtype=torch.float))
         content = self._content(sr, hr, hr_maps, sr_maps)
-        g_loss = cfg.content_weight * content + cfg.adv_weight * adversarial
-        if cfg.pixel_weight:
-            g_loss = g_loss + cfg.pixel_weight * pixel_loss(cfg.loss, sr, hr)
+        g_loss = gan.content_weight * content + gan.adv_weight * adversarial
+        if gan.pixel_weight:
+            g_loss = g_loss + gan.pixel_weight * pixel_loss(cfg.loss, sr, hr)
         self.g_opt.zero_grad(set_to_none=True)
         g_loss.backward()
         if cfg.grad_clip > 0:
@@ -104,5 +117,4 @@ class SRGANRecipe(Recipe):
         self.d_schedule.load_state_dict(state["d_schedule"])
 
 
-def build(config: TrainConfig, wrap: Callable[[nn.Module], nn.Module]) -> SRGANRecipe:
-    return SRGANRecipe(config, wrap)
+RECIPE = RecipeSpec(build=SRGANRecipe, options=GANOptions)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -13,7 +13,7 @@ from upscale_cli.checkpoint import load_model
 from upscale_cli.train.config import TrainConfig
 from upscale_cli.train.losses import pixel_loss
 from upscale_cli.train.optim import adam_with_schedule
-from upscale_cli.train.recipes import AutocastFactory, Recipe
+from upscale_cli.train.recipes import AutocastFactory, Batch, Recipe, RecipeSpec, TrainContext
 
 
 def make_generator(config: TrainConfig) -> tuple[SRResNetConfig, SRResNet]:
@@ -30,18 +30,17 @@ def make_generator(config: TrainConfig) -> tuple[SRResNetConfig, SRResNet]:
 class SRResNetRecipe(Recipe):
     arch_id = "srresnet"
 
-    def __init__(self, config: TrainConfig, wrap: Callable[[nn.Module], nn.Module]) -> None:
+    def __init__(self, config: TrainConfig, context: TrainContext) -> None:
         self.config = config
         self.arch_config, self.generator = make_generator(config)
-        self.generator.to(memory_format=torch.channels_last)
-        self.net = wrap(self.generator)
+        self.generator.to(context.device, memory_format=torch.channels_last)
+        self.net = context.wrap(self.generator)
         self.optimizer, self.schedule = adam_with_schedule(self.net.parameters(), config.lr, config)
 
-    def train_step(self, lr: torch.Tensor, hr: torch.Tensor, step: int,
-                   autocast: AutocastFactory) -> dict[str, float]:
+    def train_step(self, batch: Batch, step: int, autocast: AutocastFactory) -> dict[str, float]:
         with autocast():
-            sr = self.net(lr.contiguous(memory_format=torch.channels_last))
-        loss = pixel_loss(self.config.loss, sr, hr)
+            sr = self.net(batch.lr.contiguous(memory_format=torch.channels_last))
+        loss = pixel_loss(self.config.loss, sr, batch.hr)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.config.grad_clip > 0:
@@ -63,5 +62,4 @@ class SRResNetRecipe(Recipe):
         self.schedule.load_state_dict(state["schedule"])
 
 
-def build(config: TrainConfig, wrap: Callable[[nn.Module], nn.Module]) -> SRResNetRecipe:
-    return SRResNetRecipe(config, wrap)
+RECIPE = RecipeSpec(build=SRResNetRecipe)
