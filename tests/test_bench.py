@@ -16,7 +16,8 @@ from click.testing import CliRunner, Result
 from upscale_cli.archs.base import RunOptions
 from PIL import Image
 
-from upscale_cli.bench.quality import Degradation, diversity, evaluate_upscaler, load_pairs, lr_consistency
+from upscale_cli.bench.quality import diversity, evaluate_upscaler, load_pairs, lr_consistency
+from upscale_cli.degrade import Degradation
 from upscale_cli.cli import cli
 from upscale_cli.metrics import psnr, rgb_to_y, shave
 from upscale_cli.resize import imresize, quantize

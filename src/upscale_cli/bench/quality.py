@@ -15,17 +15,16 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 
 from upscale_cli.archs.base import RunOptions
 from upscale_cli.bench.report import BenchError, typed_errors
+from upscale_cli.degrade import Degradation
 from upscale_cli.errors import ImageReadError, InferenceError
 from upscale_cli.metrics import psnr, sr_figures
 from upscale_cli.models import BICUBIC, looks_like_path
 from upscale_cli.resize import imresize, quantize
 from upscale_cli.train.data import list_images, load_rgb
 
-BLUR_KERNEL = 21
 DEFAULT_SAMPLES = 4
 LR_FILE_MISMATCH_DB = 50.0  # 8-bit rounding alone keeps an HR's own LR-PSNR near 59 dB
 
@@ -106,58 +105,6 @@ def diversity(samples: list[torch.Tensor]) -> float:
     return stack.std(dim=0, correction=0).mean().item() * 255
 
 
-def gaussian_kernel(sigma: float, size: int = BLUR_KERNEL) -> torch.Tensor:
-    """A normalised isotropic 2-D Gaussian (size x size)."""
-    x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
-    g = torch.exp(-(x**2) / (2 * sigma**2))
-    kernel = g[:, None] * g[None, :]
-    return kernel / kernel.sum()
-
-
-@dataclass(frozen=True)
-class Degradation:
-    """LR made from HR: Gaussian blur (sigma in HR px, 21x21), MATLAB bicubic downscale, Gaussian noise, 8 bits."""
-
-    blur: float = 0.0
-    noise: float = 0.0  # standard deviation on the 0..255 scale
-
-    @classmethod
-    def parse(cls, spec: str) -> Degradation:
-        """`blur:SIGMA`, `noise:LEVEL`, or both joined by a comma (`blur:1.2,noise:10`)."""
-        values: dict[str, float] = {}
-        for part in spec.split(","):
-            kind, _, amount = part.strip().partition(":")
-            if kind not in ("blur", "noise") or kind in values:
-                raise ValueError(f"{spec!r}: expected blur:SIGMA and/or noise:LEVEL, e.g. blur:1.2,noise:10")
-            try:
-                values[kind] = float(amount)
-            except ValueError:
-                raise ValueError(f"{spec!r}: {kind} needs a number, e.g. {kind}:1.2") from None
-            if not 0 <= values[kind] < 1000:
-                raise ValueError(f"{spec!r}: {kind} must be between 0 and 1000")
-        return cls(**values)
-
-    @property
-    def label(self) -> str:
-        parts = [f"blur:{self.blur:g}"] if self.blur or not self.noise else []
-        return ",".join(parts + ([f"noise:{self.noise:g}"] if self.noise else []))
-
-    def apply(self, hr: torch.Tensor, scale: int, generator: torch.Generator) -> torch.Tensor:
-        """LR (3, H/s, W/s) in [0, 1], rounded to 8 bits, from HR (3, H, W) whose sides are multiples of `scale`."""
-        image = hr.double()
-        if self.blur > 0:
-            pad = BLUR_KERNEL // 2
-            if min(image.shape[-2:]) <= pad:
-                raise ValueError(f"image {tuple(image.shape[-2:])} is too small for the {BLUR_KERNEL}px blur")
-            kernel = gaussian_kernel(self.blur).expand(3, 1, BLUR_KERNEL, BLUR_KERNEL)
-            padded = F.pad(image[None], (pad, pad, pad, pad), mode="reflect")
-            image = F.conv2d(padded, kernel, groups=3)[0]
-        lr = imresize(image, scale=1 / scale)
-        if self.noise > 0:
-            lr = lr + torch.randn(lr.shape, generator=generator, dtype=lr.dtype) * (self.noise / 255)
-        return quantize(lr).float()
-
-
 @dataclass
 class Dataset:
     """A benchmark folder loaded: its name, its pairs, and where their LR came from."""
@@ -212,8 +159,8 @@ def load_dataset(folder: Path, scale: int, degradation: Degradation | None = Non
             pair.lr = degradation.apply(pair.hr, scale, generator)
     except (OSError, ValueError, ImageReadError) as exc:
         raise BenchError(f"--data {folder}: {exc}") from None
-    note = (f"LR made from HR with {degradation.label} (Gaussian blur, MATLAB bicubic x1/{scale}, Gaussian noise, "
-            "8-bit rounding)")
+    note = (f"LR made from HR with {degradation.label} (21x21 Gaussian blur, MATLAB bicubic x1/{scale}, Gaussian "
+            "noise, 8-bit rounding: upscale_cli.degrade)")
     if has_lr:
         note += f" (the given LR_x{scale}/ files are NOT used)"
     return Dataset(dataset_name(folder), folder, pairs, degradation.label, note)

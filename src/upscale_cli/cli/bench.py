@@ -12,7 +12,7 @@ from upscale_cli.cli.options import DEVICE_HELP, comma_list, one, precision_item
 
 def degrade_item(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple[Any, ...]:
     """Parse every --degrade into a Degradation (the import stays inside: it pulls in torch)."""
-    from upscale_cli.bench.quality import Degradation
+    from upscale_cli.degrade import Degradation
 
     try:
         return tuple(Degradation.parse(v) for v in values)
@@ -57,7 +57,8 @@ def common_options(function: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--tile", default="auto", show_default=True, callback=one(tile_item),
               help="none, auto or a tile size in LR pixels.")
 @click.option("--degrade", "degradations", multiple=True, metavar="SPEC", callback=degrade_item,
-              help="Make LR from HR with blur:SIGMA (21x21 Gaussian, before the bicubic downscale) and/or "
+              help="Make LR from HR with blur:SIGMA or aniso:L1,L2,THETA (21x21 Gaussian, isotropic, or with "
+                   "widths L1 and L2 and the first axis at THETA degrees, before the bicubic downscale) and/or "
                    "noise:LEVEL (Gaussian std on 0..255, seeded), e.g. blur:1.2,noise:10. Repeatable: one "
                    "evaluation per spec. Given LR files are then NOT used.")
 @click.option("--tau", "taus", callback=comma_list(tau_item), metavar="T[,T...]",
