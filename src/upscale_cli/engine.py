@@ -74,6 +74,14 @@ class Upscaler:
             return None
         return partial(self.descriptor.likelihood, self.module, device=self.device)
 
+    def describe_input(self, rgb: np.ndarray) -> dict[str, float]:
+        """What the model estimates about an input (float RGB (H, W, 3)); empty for models that estimate nothing."""
+        if self.descriptor is None or self.descriptor.describe_input is None:
+            return {}
+        image = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))[None].float().to(self.device)
+        with torch.inference_mode():
+            return self.descriptor.describe_input(self.module, image)
+
     def output_size(self, width: int, height: int, scale: float | None = None, out_width: int | None = None,
                     out_height: int | None = None) -> tuple[int, int]:
         """The output (width, height) of a `width` x `height` input: the native scale, another `scale`, or

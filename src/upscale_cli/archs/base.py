@@ -83,6 +83,8 @@ class ModelDescriptor:
     explicitly always runs the model's own mixed-precision path). `initialize(model, image)`: what a freshly
     built network needs before it can run (a flow's data-dependent ActNorm), for tests and recipes.
     `likelihood(model, hr, lr, device=, seed=)`: density models' NLL of an HR image in bits per dimension.
+    `describe_input(model, image)`: what the model estimates about an input image (1, 3, H, W) as named
+    numbers (a blind model's blur and noise estimates), shown by `--verbose` and kept by `--json`.
     `small_config`: a cheap configuration for the registry-driven tests.
     """
 
@@ -102,6 +104,7 @@ class ModelDescriptor:
     make_runner: RunnerFactory | None = None
     initialize: Callable[[Any, Any], None] | None = None
     likelihood: Callable[..., float] | None = None
+    describe_input: Callable[[Any, Any], dict[str, float]] | None = None
     small_config: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

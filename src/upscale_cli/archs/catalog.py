@@ -31,6 +31,9 @@ CATALOG: tuple[CatalogEntry, ...] = (
     CatalogEntry("srflow", "srflow", "upscale_cli.archs.srflow",
                  "SRFlow, draws many plausible HR images for one LR (Lugmayr et al. 2020)",
                  "upscale_cli.train.recipes.srflow"),
+    CatalogEntry("dasr", "dasr", "upscale_cli.archs.dasr",
+                 "DASR, blind SR for blurry, noisy photos, degradation learned contrastively (Wang et al. 2021)",
+                 "upscale_cli.train.recipes.dasr"),
 )
 
 DEFAULT_MODEL = "srgan"  # what `upscale` runs without --model

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 from pathlib import Path
 
@@ -19,7 +20,8 @@ _OPTION_FIELDS = ("data", "val", "scale", "iters", "batch", "patch", "lr", "init
 @click.command()
 @click.option("-m", "--model", "model", type=click.Choice(recipes()), default=None,
               help=f"Recipe (default {DEFAULT_RECIPE}).")
-@click.option("--data", type=click.Path(exists=True, file_okay=False), help="Folder of HR training images.")
+@click.option("--data", type=click.Path(exists=True, file_okay=False), multiple=True,
+              help="Folder of HR training images (repeatable: the images of every folder are used).")
 @click.option("--val", type=click.Path(exists=True, file_okay=False),
               help=f"HR/ + LR_x4/ validation folder (default {DEFAULT_VAL} when present).")
 @click.option("--scale", type=int, help="Upscaling factor (default 4).")
@@ -60,6 +62,7 @@ def _train(model: str | None, run_dir: str | None, resume: str | None,
     from upscale_cli.train.config import TrainConfig, apply_settings, parse_set_options, read_toml, recipe_defaults
     from upscale_cli.train.loop import Trainer, TrainingInterrupted
 
+    options = {**options, "data": os.pathsep.join(options["data"]) if options["data"] else None}
     given = {k: v for k, v in options.items() if v is not None and k in _OPTION_FIELDS}
     if model:
         given["model"] = model

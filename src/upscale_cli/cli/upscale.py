@@ -101,6 +101,13 @@ def _process(job: Job, upscaler: Any, opts: dict[str, Any], progress: BatchProgr
                  "scale": round(out_w / image.width, 4)}
         if upscaler.stochastic:
             extra.update(seed=seed, tau=tau)
+        if opts["as_json"] or opts["verbose"]:
+            estimates = upscaler.describe_input(image.rgb)
+            if estimates:
+                extra["estimates"] = estimates
+                report.note(f"{job.label}: {upscaler.name} estimates "
+                            + ", ".join(f"{name.replace('_', ' ')} {value:g}" for name, value in estimates.items()),
+                            verbose_only=True)
         made_by = provenance(upscaler, out_w, out_h, seed, tau)
         if existing_output(path, opts, made_by):
             return Outcome(job.label, "skipped", shown, extra=extra)

@@ -8,8 +8,10 @@ far less than a training step, so the sampler runs inline and never starves it.
 from __future__ import annotations
 
 import copy
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
@@ -50,22 +52,30 @@ class Batch:
                      {name: t.to(device, non_blocking=True) for name, t in self.extras.items()})
 
 
+def data_folders(data: str | Path) -> list[Path]:
+    """The training folders of a `data` setting: one folder, or several joined by os.pathsep (`--data` repeated)."""
+    return [Path(part) for part in str(data).split(os.pathsep) if part]
+
+
 class PatchSampler:
     """Draws batches of (LR, HR) float patches from in-memory HR images with a private generator.
 
     The generator state is part of the training state, so a resumed run draws the same patches.
+    Images smaller than the patch are left out and listed in `skipped` (an error when none is left).
     """
 
-    def __init__(self, folder: Path, patch: int, scale: int, batch: int, seed: int) -> None:
+    def __init__(self, folders: Path | Sequence[Path], patch: int, scale: int, batch: int, seed: int) -> None:
         if patch % scale:
             raise ValueError(f"patch {patch} is not a multiple of scale {scale}")
-        paths = list_images(folder)
+        folders = [folders] if isinstance(folders, (str, Path)) else list(folders)
+        paths = [path for folder in folders for path in list_images(Path(folder))]
         if not paths:
-            raise ValueError(f"{folder}: no training images found")
-        self.images = [load_rgb_u8(p) for p in paths]
-        small = [str(p) for p, im in zip(paths, self.images) if min(im.shape[1:]) < patch]
-        if small:
-            raise ValueError(f"images smaller than the {patch}px patch: {', '.join(small)}")
+            raise ValueError(f"{', '.join(map(str, folders))}: no training images found")
+        images = [load_rgb_u8(p) for p in paths]
+        self.images = [image for image in images if min(image.shape[1:]) >= patch]
+        self.skipped = [str(p) for p, image in zip(paths, images) if min(image.shape[1:]) < patch]
+        if not self.images:
+            raise ValueError(f"every training image is smaller than the {patch}px patch")
         self.patch, self.scale, self.batch = patch, scale, batch
         self.generator = torch.Generator().manual_seed(seed)
 
@@ -78,8 +88,12 @@ class PatchSampler:
     def _randint(self, high: int) -> int:
         return int(torch.randint(high, (1,), generator=self.generator))
 
-    def _crop(self) -> torch.Tensor:
-        image = self.images[self._randint(len(self.images))]
+    def _image(self) -> torch.Tensor:
+        return self.images[self._randint(len(self.images))]
+
+    def _crop(self, image: torch.Tensor | None = None) -> torch.Tensor:
+        """A random augmented patch of `image` (default: a random image)."""
+        image = self._image() if image is None else image
         _, h, w = image.shape
         top, left = self._randint(h - self.patch + 1), self._randint(w - self.patch + 1)
         crop = image[:, top : top + self.patch, left : left + self.patch]

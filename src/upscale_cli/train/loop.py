@@ -200,6 +200,10 @@ class Trainer:
         self.validate = validate if validate is not None else self.recipe.validator()
         self.ema = ModelEMA(self.recipe.generator, config.ema)
         self.sampler = self.recipe.batches(seed=config.seed + 1_000_003 * self.dist.rank)
+        skipped = getattr(self.sampler, "skipped", [])
+        if skipped and self.dist.main:
+            self.echo(f"note: {len(skipped)} image(s) smaller than the {config.patch}px patch are not used: "
+                      + ", ".join(Path(p).name for p in skipped[:5]) + (" ..." if len(skipped) > 5 else ""))
         self.step = 0
         self.best: dict[str, Any] = {}
         self.latest_validation: dict[str, Any] = {}

@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Protocol
 
 import torch
@@ -18,7 +17,7 @@ from torch import nn
 
 from upscale_cli.archs.catalog import entry, recipes
 from upscale_cli.train.config import TrainConfig
-from upscale_cli.train.data import Batch, PatchSampler
+from upscale_cli.train.data import Batch, PatchSampler, data_folders
 
 AutocastFactory = Callable[[], Any]
 
@@ -59,7 +58,7 @@ class Recipe(ABC):
     def batches(self, seed: int) -> BatchSource:
         """Random augmented HR patches with LR made by MATLAB bicubic (override for other degradations or inputs)."""
         config = self.config
-        return PatchSampler(Path(config.data), config.patch, config.scale, config.batch, seed=seed)
+        return PatchSampler(data_folders(config.data), config.patch, config.scale, config.batch, seed=seed)
 
     def validator(self) -> Validator | None:
         """PSNR-Y and friends of the generator on `config.val` (override for other figures); None without one."""
