@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
@@ -192,3 +191,18 @@ def test_verbose_and_json_report_what_the_encoder_estimates(tmp_path) -> None:
     assert record["estimates"] == pytest.approx({k: float(v[0]) for k, v in expected.items()}, abs=0.006)
     verbose = CliRunner().invoke(cli, [*args[:-1], "--overwrite", "-v"])
     assert "estimates blur width" in verbose.output and "noise level" in verbose.output
+
+
+def test_a_run_may_start_from_another_runs_encoder(image_folder, tmp_path) -> None:
+    from upscale_cli.checkpoint import CheckpointInfo, config_dict, save_checkpoint
+    from upscale_cli.train.recipes import make_recipe
+
+    first = small(seed=5)
+    path = tmp_path / "encoder_x4.safetensors"
+    save_checkpoint(path, first, CheckpointInfo("dasr", 4, config_dict(first.config), name="encoder_x4"))
+    recipe = make_recipe(dasr_config(image_folder, init=str(path), encoder_fraction=0.0,
+                                     arch={"channels": 8, "groups": 2, "blocks": 1}), lambda module: module)
+    for name, tensor in first.encoder.state_dict().items():
+        assert torch.equal(recipe.generator.encoder.state_dict()[name], tensor)
+        assert torch.equal(recipe.key_encoder.state_dict()[name], tensor)  # the keys start from it too
+    assert recipe.generator.config.groups == 2  # its own G

@@ -90,3 +90,70 @@ def test_srflow_samples_clear_the_bar(set5: Any, set5_figures: dict[str, dict[st
     assert srflow["psnr_y"] > bicubic["psnr_y"]
     cooler = measure("srflow", set5, (0.0, 0.4))
     assert 0 <= cooler[0.0]["diversity"] < cooler[0.4]["diversity"] < srflow["diversity"]
+
+
+# ----- DASR: the bar of issue #23, on Set14 with LR made by the degradation module ------------------
+
+SET14 = SHARED / "data" / "val" / "Set14"
+DASR_SHIPPED = {("dasr", 4), ("srresnet", 4)} <= set(SHIPPED)
+needs_dasr = pytest.mark.skipif(not DASR_SHIPPED or not (SET14 / "HR").is_dir(),
+                                reason="dasr_x4 or srresnet_x4 is not shipped, or Set14 is not present")
+
+
+@pytest.fixture(scope="module")
+def set14_degraded() -> dict[str, dict[str, float]]:
+    """PSNR-Y of bicubic, srresnet and dasr on Set14 under each condition of the bar (seed 0)."""
+    from upscale_cli.degrade import Degradation
+
+    figures: dict[str, dict[str, float]] = {}
+    for spec in ("blur:0", "blur:2.4", "blur:3.6", "blur:1.2,noise:10"):
+        dataset = load_dataset(SET14, 4, Degradation.parse(spec), seed=0)
+        figures[spec] = {name: measure(name, dataset, ())[None]["psnr_y"] for name in ("bicubic", "srresnet", "dasr")}
+    return figures
+
+
+@needs_dasr
+def test_dasr_clears_the_blind_super_resolution_bar(set14_degraded: dict[str, dict[str, float]]) -> None:
+    for spec in ("blur:2.4", "blur:3.6"):
+        assert set14_degraded[spec]["dasr"] >= set14_degraded[spec]["srresnet"] + 1.5, spec
+    assert set14_degraded["blur:0"]["dasr"] >= set14_degraded["blur:0"]["srresnet"] - 0.5
+    noisy = set14_degraded["blur:1.2,noise:10"]
+    assert noisy["dasr"] >= noisy["srresnet"] + 2.0 and noisy["dasr"] >= noisy["bicubic"] + 1.0
+
+
+@needs_dasr
+def test_dasr_representations_retrieve_the_degradation_and_the_probe_estimates_it() -> None:
+    """Held-out Set14 images: two different crops under the same (blur, noise) are nearest neighbours among
+    eight degradations (chance: 1/8), and the probe's estimates are close to the truth."""
+    import math
+
+    import torch
+
+    from upscale_cli.archs.dasr import representation
+    from upscale_cli.bench.quality import crop_to_multiple, load_pairs
+    from upscale_cli.checkpoint import load_model
+    from upscale_cli.degrade import Degradation
+
+    model, _ = load_model(SHIPPED[("dasr", 4)])
+    conditions = [Degradation.parse(s) for s in ("blur:0.4", "blur:1.2", "blur:2.4", "blur:3.6", "noise:15",
+                                                 "blur:1.2,noise:10", "aniso:0.5,3.5,0,noise:5", "blur:2.4,noise:20")]
+    hits, total, width_errors, noise_errors = 0, 0, [], []
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for pair in load_pairs(SET14, 4):
+            hr = crop_to_multiple(pair.hr, 4)
+            if min(hr.shape[-2:]) < 256:
+                continue
+            top, bottom = hr[:, :128, :128], hr[:, -128:, -128:]
+            queries = torch.cat([representation(model, c.apply(top, 4, generator)[None]) for c in conditions])
+            keys = torch.cat([representation(model, c.apply(bottom, 4, generator)[None]) for c in conditions])
+            similarity = torch.nn.functional.normalize(queries, dim=1) @ torch.nn.functional.normalize(keys, dim=1).T
+            hits += int((similarity.argmax(dim=1) == torch.arange(len(conditions))).sum())
+            total += len(conditions)
+            estimates = model.estimate(queries)
+            for index, condition in enumerate(conditions):
+                width = math.sqrt(condition.aniso[0] * condition.aniso[1]) if condition.aniso else condition.blur
+                width_errors.append(abs(float(estimates["blur_width"][index]) - width))
+                noise_errors.append(abs(float(estimates["noise_level"][index]) - condition.noise))
+    assert hits / total >= 0.5, f"retrieval accuracy {hits / total:.2f}"
+    assert sum(width_errors) / len(width_errors) < 0.75 and sum(noise_errors) / len(noise_errors) < 4.0

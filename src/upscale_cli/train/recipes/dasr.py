@@ -13,7 +13,8 @@
 * Stage 1 (the first `encoder_fraction` of the steps, 1/6 as the paper's 100 of 600 epochs): the
   contrastive loss alone, at `encoder_lr` (1e-3 in the paper) with a cosine decay; G is frozen (and
   left out of DDP). Stage 2: L1(SR, HR) + `contrast_weight` x InfoNCE on everything, at `lr` with the
-  shared warm-up/cosine schedule over the remaining steps.
+  shared warm-up/cosine schedule over the remaining steps. `encoder_fraction=1` is a stage-1 run alone,
+  whose encoder a later run takes with `--init` (any G configuration; `encoder_fraction=0` there).
 * The probe learns, from the representation detached, the blur width / 4 and noise level / 25 with an
   MSE: it never shapes the encoder.
 * Validation: Set5 HR (the val folder's HR; its LR files are not used) degraded by each of
@@ -35,6 +36,7 @@ from torch import nn
 
 from upscale_cli.archs.dasr import MAX_NOISE, MAX_WIDTH, REPRESENTATION_DIM, DASR, DASRConfig
 from upscale_cli.bench.quality import crop_to_multiple, load_pairs, mean_figures
+from upscale_cli.checkpoint import load_model
 from upscale_cli.degrade import Degradation, degrade, draw_degradations
 from upscale_cli.metrics import sr_figures
 from upscale_cli.train.config import TrainConfig
@@ -103,14 +105,16 @@ class DASRRecipe(Recipe):
 
     def __init__(self, config: TrainConfig, context: TrainContext) -> None:
         options = config.options
-        if not 0.0 <= options.encoder_fraction < 1.0:
-            raise ValueError(f"encoder_fraction must be in [0, 1), not {options.encoder_fraction}")
+        if not 0.0 <= options.encoder_fraction <= 1.0:
+            raise ValueError(f"encoder_fraction must be in [0, 1], not {options.encoder_fraction}")
         if options.queue % config.batch:
             raise ValueError(f"the queue ({options.queue}) must be a multiple of the batch ({config.batch})")
         self.config, self.wrap = config, context.wrap
         self.arch_config = DASRConfig(scale=config.scale, **config.arch)
         torch.manual_seed(config.seed)
         self.generator = DASR(self.arch_config).to(context.device).train()
+        if config.init:
+            load_encoder(self.generator, Path(config.init))
         self.head = projection_head().to(context.device)
         self.key_encoder = copy.deepcopy(self.generator.encoder).requires_grad_(False)
         self.key_head = copy.deepcopy(self.head).requires_grad_(False)
@@ -224,6 +228,16 @@ class DASRRecipe(Recipe):
         self.stage2_at = state["stage2_at"]
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
+
+
+def load_encoder(model: DASR, path: Path) -> None:
+    """Start the degradation encoder and the probe from another DASR checkpoint's (a stage-1 run, say: its
+    G may have any configuration). The projection head starts afresh."""
+    source, info = load_model(path)
+    if info.arch != "dasr":
+        raise ValueError(f"{path}: is {info.arch}, not a dasr checkpoint to take the encoder from")
+    model.encoder.load_state_dict(source.encoder.state_dict())
+    model.probe.load_state_dict(source.probe.state_dict())
 
 
 def validation_conditions(config: TrainConfig) -> list[Degradation]:
