@@ -122,6 +122,10 @@ def test_degrade_blur_lowers_bicubic_and_ignores_given_lr(paired_folder: Path, t
     blurred = row(json.loads(out.read_text()), "bicubic")
     assert blurred["lr"] == "blur:2"
     assert blurred["mean"]["psnr_y"] < row(clean, "bicubic")["mean"]["psnr_y"] - 0.5
+    result = invoke("quality", "--data", str(paired_folder), "--model", "bicubic", "--degrade", "aniso:0.5,3,30,noise:5",
+                    "--json", str(out))
+    assert result.exit_code == 0, result.output
+    assert row(json.loads(out.read_text()), "bicubic")["lr"] == "aniso:0.5,3,30,noise:5"
 
 
 def test_given_lr_files_are_audited_against_their_hr(paired_folder: Path, tmp_path: Path) -> None:
