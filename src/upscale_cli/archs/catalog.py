@@ -34,6 +34,8 @@ CATALOG: tuple[CatalogEntry, ...] = (
     CatalogEntry("dasr", "dasr", "upscale_cli.archs.dasr",
                  "DASR, blind SR for blurry, noisy photos, degradation learned contrastively (Wang et al. 2021)",
                  "upscale_cli.train.recipes.dasr"),
+    CatalogEntry("sftgan", "sftgan", "upscale_cli.archs.sftgan",
+                 "SFT-GAN, textures steered by a semantic prior (Wang et al. 2018)"),
 )
 
 DEFAULT_MODEL = "srgan"  # what `upscale` runs without --model

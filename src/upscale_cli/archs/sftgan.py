@@ -1,0 +1,235 @@
+"""SFT-GAN (Wang et al., CVPR 2018): super-resolution steered by a semantic prior through Spatial Feature
+Transform layers.
+
+Written from the paper and `shared/research/model_specs.md` section 4 (the official code was not copied).
+
+* The prior: 8 per-pixel class probabilities at HR size, in the paper's channel order (`CLASSES`).
+* Condition network (shared by every SFT layer): conv 4x4 stride 4 (8 -> 128), LReLU(0.1), three
+  [conv 1x1 128 -> 128, LReLU(0.1)], conv 1x1 128 -> 32: a 32-channel condition at LR size.
+* SFT layer: gamma and beta each from the condition by conv 1x1 (32 -> 32), LReLU, conv 1x1 (32 -> 64);
+  output F * gamma + beta (`variant="paper"`, the Torch model of the paper) or F * (gamma + 1) + beta
+  (`variant="pytorch"`, the released PyTorch model), so that gamma = 1 (paper) or 0 (pytorch) with
+  beta = 0 is the identity.
+* Generator: conv 3x3 -> F0; `blocks` residual blocks (SFT, conv, ReLU, SFT, conv, + input; the paper
+  variant has a ReLU after each SFT); SFT, conv, + F0; upsampling x2 twice (pytorch: conv to 4C, pixel
+  shuffle, ReLU; paper: nearest x2, conv, ReLU); conv, ReLU, conv to RGB. No normalisation.
+  Parameters: 1.83 M (pytorch) and 1.61 M (paper) at 64 channels and 16 blocks.
+
+Images are RGB in [0, 1]; the prior is the extra input `prior` at the output's size, which the tiler
+crops, pads and turns with the image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from upscale_cli.archs.base import AT_OUTPUT, ExtraInput, ModelDescriptor
+
+CLASSES = ("background", "sky", "water", "grass", "mountain", "building", "plant", "animal")
+CONDITION_CHANNELS = 32
+VARIANTS = ("pytorch", "paper")
+
+
+@dataclass(frozen=True)
+class SFTGANConfig:
+    scale: int = 4
+    channels: int = 64
+    blocks: int = 16
+    variant: str = "pytorch"
+
+    def __post_init__(self) -> None:
+        if self.scale != 4:
+            raise ValueError(f"sftgan is an x4 model (its condition network reads 4x4 prior cells), not x{self.scale}")
+        if self.variant not in VARIANTS:
+            raise ValueError(f"sftgan variant must be one of {', '.join(VARIANTS)}, not {self.variant!r}")
+        if self.channels < 1 or self.blocks < 1:
+            raise ValueError("sftgan channels and blocks must be at least 1")
+
+
+class ConditionNetwork(nn.Module):
+    """The prior (B, 8, 4h, 4w) -> the shared condition (B, 32, h, w)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv2d(len(CLASSES), 128, 4, stride=4), nn.LeakyReLU(0.1)]
+        for _ in range(3):
+            layers += [nn.Conv2d(128, 128, 1), nn.LeakyReLU(0.1)]
+        self.body = nn.Sequential(*layers, nn.Conv2d(128, CONDITION_CHANNELS, 1))
+
+    def forward(self, prior: torch.Tensor) -> torch.Tensor:
+        return self.body(prior)
+
+
+class SFTLayer(nn.Module):
+    """A per-pixel affine transform of the features, predicted from the condition."""
+
+    def __init__(self, channels: int, variant: str) -> None:
+        super().__init__()
+        slope = 0.1 if variant == "pytorch" else 0.01
+        self.offset = 1.0 if variant == "pytorch" else 0.0
+
+        def branch() -> nn.Sequential:
+            return nn.Sequential(nn.Conv2d(CONDITION_CHANNELS, CONDITION_CHANNELS, 1), nn.LeakyReLU(slope),
+                                 nn.Conv2d(CONDITION_CHANNELS, channels, 1))
+
+        self.gamma, self.beta = branch(), branch()
+
+    def forward(self, features: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        return features * (self.gamma(condition) + self.offset) + self.beta(condition)
+
+
+class SFTBlock(nn.Module):
+    """SFT, conv, ReLU, SFT, conv, + input (the paper variant: a ReLU after each SFT instead)."""
+
+    def __init__(self, channels: int, variant: str) -> None:
+        super().__init__()
+        self.sft1, self.sft2 = SFTLayer(channels, variant), SFTLayer(channels, variant)
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.paper = variant == "paper"
+
+    def forward(self, x: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        if self.paper:
+            h = self.conv1(F.relu(self.sft1(x, condition)))
+            return x + self.conv2(F.relu(self.sft2(h, condition)))
+        h = F.relu(self.conv1(self.sft1(x, condition)))
+        return x + self.conv2(self.sft2(h, condition))
+
+
+class SFTGAN(nn.Module):
+    """The SFT-GAN generator; `forward(lr, prior)` with the prior at 4x the LR's size."""
+
+    def __init__(self, config: SFTGANConfig) -> None:
+        super().__init__()
+        c = config.channels
+        self.config = config
+        self.condition = ConditionNetwork()
+        self.head = nn.Conv2d(3, c, 3, padding=1)
+        self.blocks = nn.ModuleList(SFTBlock(c, config.variant) for _ in range(config.blocks))
+        self.trunk_sft = SFTLayer(c, config.variant)
+        self.trunk_conv = nn.Conv2d(c, c, 3, padding=1)
+        stages: list[nn.Module] = []
+        for _ in range(2):
+            if config.variant == "pytorch":
+                stages += [nn.Conv2d(c, 4 * c, 3, padding=1), nn.PixelShuffle(2), nn.ReLU()]
+            else:
+                stages += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c, c, 3, padding=1), nn.ReLU()]
+        self.upsample = nn.Sequential(*stages)
+        self.tail = nn.Sequential(nn.Conv2d(c, c, 3, padding=1), nn.ReLU(), nn.Conv2d(c, 3, 3, padding=1))
+
+    def forward(self, lr: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
+        if tuple(prior.shape[-2:]) != (4 * lr.shape[-2], 4 * lr.shape[-1]):
+            raise ValueError(f"the prior {tuple(prior.shape[-2:])} must be 4x the LR {tuple(lr.shape[-2:])}")
+        condition = self.condition(prior.to(lr.dtype))
+        features = self.head(lr)
+        h = features
+        for block in self.blocks:
+            h = block(h, condition)
+        h = features + self.trunk_conv(self.trunk_sft(h, condition))
+        return self.tail(self.upsample(h))
+
+
+def receptive_radius(config: SFTGANConfig) -> int:
+    """LR pixels on each side that can change one output pixel: the head 1, 2 per block, the trunk conv 1,
+    the upsampler's convs 1 + 1 (at LR and 2x LR, counted whole) and the tail's 2 at 4x (1 LR px); the
+    prior's condition is per LR pixel (4x4 cells, then 1x1 convs) and adds nothing."""
+    return 1 + 2 * config.blocks + 1 + 2 + 1
+
+
+DESCRIPTOR = ModelDescriptor(
+    id="sftgan",
+    paper="Wang et al., Recovering Realistic Texture in Image Super-resolution by Deep Spatial Feature Transform, "
+          "CVPR 2018",
+    config_type=SFTGANConfig,
+    build=SFTGAN,
+    receptive_radius=receptive_radius,
+    # fp32 activations per LR pixel: the upsampler's 4C maps at 2x and C maps at 4x, and the prior's 8 and
+    # 128-channel condition maps at HR and LR, x2 for allocator slack.
+    bytes_per_input_pixel=lambda cfg: 2 * 4 * (cfg.channels * (6 + 2 * 16) + 8 * 16 + 4 * 128),
+    extra_inputs=(ExtraInput("prior", len(CLASSES), AT_OUTPUT,
+                             "8 class probabilities per output pixel: " + ", ".join(CLASSES)),),
+    small_config={"scale": 4, "channels": 8, "blocks": 2},
+)
+
+
+# ----- priors given by the user -------------------------------------------------------------------------
+
+PROBABILITY_TOLERANCE = 1e-3  # how far a given probability map may sum from 1 per pixel
+
+
+def class_prior(name: str, height: int, width: int) -> torch.Tensor:
+    """One class everywhere: (1, 8, height, width), the paper's demonstration of steering texture by the prior."""
+    if name not in CLASSES:
+        raise ValueError(f"unknown class {name!r} (the classes are {', '.join(CLASSES)})")
+    prior = torch.zeros(1, len(CLASSES), height, width)
+    prior[:, CLASSES.index(name)] = 1.0
+    return prior
+
+
+def load_prior(path: str | Path, lr_height: int, lr_width: int) -> torch.Tensor:
+    """A prior file as probabilities (1, 8, 4 * lr_height, 4 * lr_width).
+
+    Accepted: an index image (PNG, TIFF, ... of values 0..7) or a probability map (`.npy`, or a
+    `.safetensors` file holding one tensor; 8 channels first or last, values in [0, 1] summing to 1 per
+    pixel), at the LR's or the output's size; an LR-size prior is repeated to 4x4 cells (nearest).
+    Anything else is a ValueError naming the file and what is wrong with it.
+    """
+    path = Path(path)
+    try:
+        probabilities = _read_probabilities(path) if path.suffix.lower() in (".npy", ".safetensors") \
+            else _read_index_image(path)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    height, width = probabilities.shape[-2:]
+    if (height, width) == (lr_height, lr_width):
+        probabilities = probabilities.repeat_interleave(4, dim=-2).repeat_interleave(4, dim=-1)
+    elif (height, width) != (4 * lr_height, 4 * lr_width):
+        raise ValueError(f"{path}: the prior is {width}x{height}; it must be the LR's size ({lr_width}x{lr_height}) "
+                         f"or the output's ({4 * lr_width}x{4 * lr_height})")
+    return probabilities[None].float()
+
+
+def _read_index_image(path: Path) -> torch.Tensor:
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            if image.mode not in ("L", "P", "I", "I;16"):
+                raise ValueError(f"an index image has one channel of class numbers 0..7, not mode {image.mode}")
+            indices = np.asarray(image).astype(np.int64)
+    except UnidentifiedImageError:
+        raise ValueError("not an image, .npy or .safetensors file") from None
+    if indices.min() < 0 or indices.max() >= len(CLASSES):
+        raise ValueError(f"class numbers must lie in 0..{len(CLASSES) - 1}, found {indices.min()}..{indices.max()}")
+    return F.one_hot(torch.from_numpy(indices), len(CLASSES)).permute(2, 0, 1).double()
+
+
+def _read_probabilities(path: Path) -> torch.Tensor:
+    import numpy as np
+
+    if path.suffix.lower() == ".npy":
+        array = torch.from_numpy(np.load(path, allow_pickle=False)).double()
+    else:
+        from safetensors.torch import load_file
+
+        tensors = load_file(str(path))
+        if len(tensors) != 1:
+            raise ValueError(f"a prior .safetensors file holds one tensor, this one holds {len(tensors)}")
+        array = next(iter(tensors.values())).double()
+    array = array[0] if array.ndim == 4 and array.shape[0] == 1 else array
+    if array.ndim != 3 or len(CLASSES) not in (array.shape[0], array.shape[-1]):
+        raise ValueError(f"a probability map has {len(CLASSES)} channels (first or last), got shape {tuple(array.shape)}")
+    probabilities = array if array.shape[0] == len(CLASSES) else array.permute(2, 0, 1)
+    if probabilities.min() < 0 or probabilities.max() > 1:
+        raise ValueError("probabilities must lie in [0, 1]")
+    worst = (probabilities.sum(dim=0) - 1).abs().max().item()
+    if worst > PROBABILITY_TOLERANCE:
+        raise ValueError(f"the probabilities of a pixel must sum to 1 (within {PROBABILITY_TOLERANCE}); "
+                         f"one sums to {1 + worst:.4f} or {1 - worst:.4f}")
+    return probabilities

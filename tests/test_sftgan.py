@@ -1,0 +1,99 @@
+"""SFT-GAN: the paper's sizes, the SFT layer's identity, and a prior that acts where it differs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from upscale_cli.archs.sftgan import CLASSES, SFTGAN, SFTGANConfig, SFTLayer, receptive_radius
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.mark.parametrize(("variant", "expected"), [("pytorch", 1_833_763), ("paper", 1_612_195)])
+def test_both_variants_have_the_specs_parameter_counts(variant: str, expected: int) -> None:
+    model = SFTGAN(SFTGANConfig(variant=variant))
+    assert sum(p.numel() for p in model.parameters()) == expected  # spec 4.2: 1.83 M and 1.61 M
+    assert sum(p.numel() for p in model.condition.parameters()) == 70_176  # "incl. 70k for the condition network"
+
+
+@pytest.mark.parametrize("variant", ["pytorch", "paper"])
+def test_an_sft_layer_with_unit_gamma_and_zero_beta_is_the_identity(variant: str) -> None:
+    layer = SFTLayer(16, variant)
+    with torch.no_grad():
+        for branch, value in ((layer.gamma, 1.0 - layer.offset), (layer.beta, 0.0)):
+            branch[2].weight.zero_()
+            branch[2].bias.fill_(value)
+    features, condition = torch.randn(2, 16, 5, 6), torch.randn(2, 32, 5, 6)
+    torch.testing.assert_close(layer(features, condition), features, atol=0, rtol=0)
+    with torch.no_grad():
+        layer.beta[2].bias.fill_(0.5)
+    assert not torch.equal(layer(features, condition), features)
+
+
+@pytest.mark.parametrize("variant", ["pytorch", "paper"])
+def test_a_prior_changed_in_a_region_changes_the_output_only_near_it(variant: str) -> None:
+    torch.manual_seed(0)
+    config = SFTGANConfig(channels=8, blocks=2, variant=variant)
+    model = SFTGAN(config).eval()
+    lr = torch.rand(1, 3, 40, 40)
+    prior = torch.softmax(torch.randn(1, len(CLASSES), 160, 160), dim=1)
+    changed = prior.clone()
+    changed[..., 64:76, 72:88] = torch.softmax(torch.randn(1, len(CLASSES), 12, 16), dim=1)
+    with torch.no_grad():
+        difference = (model(lr, changed) - model(lr, prior)).abs().amax(dim=1)[0] > 0
+    reach = 4 * receptive_radius(config) + 3  # output px: the radius in LR px, and the prior's 4x4 cells
+    ys, xs = torch.nonzero(difference, as_tuple=True)
+    assert reach < 64 and difference[64:76, 72:88].any()
+    assert ys.min() >= 64 - reach and ys.max() < 76 + reach and xs.min() >= 72 - reach and xs.max() < 88 + reach
+    assert difference.float().mean() < 0.5  # most of the image does not move
+
+
+def test_the_prior_must_be_four_times_the_lr() -> None:
+    model = SFTGAN(SFTGANConfig(channels=8, blocks=1))
+    with pytest.raises(ValueError, match="4x the LR"):
+        model(torch.rand(1, 3, 8, 8), torch.rand(1, 8, 16, 16))
+
+
+def test_every_accepted_prior_format_gives_the_same_probabilities(tmp_path) -> None:
+    import numpy as np
+    from PIL import Image
+    from safetensors.torch import save_file
+
+    from upscale_cli.archs.sftgan import class_prior, load_prior
+
+    indices = np.random.default_rng(0).integers(0, 8, (5, 6)).astype(np.uint8)  # LR 5x6
+    one_hot = np.eye(8)[indices]  # (5, 6, 8)
+    Image.fromarray(indices).save(tmp_path / "lr.png")
+    Image.fromarray(indices.repeat(4, 0).repeat(4, 1)).save(tmp_path / "hr.png")
+    np.save(tmp_path / "last.npy", one_hot)
+    np.save(tmp_path / "first.npy", one_hot.transpose(2, 0, 1).repeat(4, 1).repeat(4, 2))
+    save_file({"prior": torch.from_numpy(one_hot.transpose(2, 0, 1).copy()).float()[None]}, str(tmp_path / "p.safetensors"))
+    loaded = [load_prior(tmp_path / name, 5, 6) for name in ("lr.png", "hr.png", "last.npy", "first.npy", "p.safetensors")]
+    assert loaded[0].shape == (1, 8, 20, 24)
+    for other in loaded[1:]:
+        assert torch.equal(other, loaded[0])
+    assert torch.equal(class_prior("sky", 20, 24)[0, 1], torch.ones(20, 24)) and class_prior("sky", 2, 2).sum() == 4
+
+
+def test_every_rejected_prior_says_what_is_wrong(tmp_path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from upscale_cli.archs.sftgan import class_prior, load_prior
+
+    Image.fromarray(np.full((5, 6), 9, np.uint8)).save(tmp_path / "range.png")
+    Image.fromarray(np.zeros((7, 7), np.uint8)).save(tmp_path / "size.png")
+    Image.fromarray(np.zeros((5, 6, 3), np.uint8)).save(tmp_path / "rgb.png")
+    np.save(tmp_path / "channels.npy", np.full((5, 6, 3), 1 / 3))
+    np.save(tmp_path / "sum.npy", np.full((8, 5, 6), 0.2))
+    np.save(tmp_path / "negative.npy", np.eye(8)[np.zeros((5, 6), int)] * 2 - 1)
+    (tmp_path / "text.png").write_text("not an image")
+    expected = {"range.png": "0..7", "size.png": "LR's size", "rgb.png": "one channel", "channels.npy": "8 channels",
+                "sum.npy": "sum to 1", "negative.npy": "[0, 1]", "text.png": "not an image"}
+    for name, message in expected.items():
+        with pytest.raises(ValueError, match=message) as error:
+            load_prior(tmp_path / name, 5, 6)
+        assert str(error.value).startswith(str(tmp_path / name)) and "\n" not in str(error.value)
+    with pytest.raises(ValueError, match="unknown class 'lava'"):
+        class_prior("lava", 4, 4)
