@@ -97,3 +97,42 @@ def test_every_rejected_prior_says_what_is_wrong(tmp_path) -> None:
         assert str(error.value).startswith(str(tmp_path / name)) and "\n" not in str(error.value)
     with pytest.raises(ValueError, match="unknown class 'lava'"):
         class_prior("lava", 4, 4)
+
+
+def test_the_prior_is_given_on_the_command_line(tmp_path) -> None:
+    import numpy as np
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from conftest import smooth_image
+    from upscale_cli.checkpoint import CheckpointInfo, config_dict, save_checkpoint
+    from upscale_cli.cli import cli
+    from upscale_cli.image_io import software_tag
+
+    torch.manual_seed(0)
+    model = SFTGAN(SFTGANConfig(channels=8, blocks=1))
+    path = tmp_path / "steer_x4.safetensors"
+    save_checkpoint(path, model, CheckpointInfo("sftgan", 4, config_dict(model.config), name="steer_x4"))
+    Image.fromarray(smooth_image(10, 12, 1)).save(tmp_path / "in.png")
+
+    def run(*args: str):
+        return CliRunner().invoke(cli, [str(tmp_path / "in.png"), "-m", str(path), "--precision", "fp32", *args])
+
+    outputs = {}
+    for name in ("sky", "grass"):
+        result = run("--seg-class", name, "-o", str(tmp_path / f"{name}.png"))
+        assert result.exit_code == 0, result.output
+        outputs[name] = np.asarray(Image.open(tmp_path / f"{name}.png"))
+        assert f"input prior=class:{name}" in software_tag(tmp_path / f"{name}.png")
+    assert outputs["sky"].shape == (40, 48, 3) and not np.array_equal(outputs["sky"], outputs["grass"])
+    indices = np.full((10, 12), 1, np.uint8)  # all sky, as an index image at LR size
+    Image.fromarray(indices).save(tmp_path / "seg.png")
+    assert run("--seg", str(tmp_path / "seg.png"), "-o", str(tmp_path / "file.png")).exit_code == 0
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "file.png")), outputs["sky"])
+    np.save(tmp_path / "bad.npy", np.full((8, 10, 12), 0.5))
+    result = run("--seg", str(tmp_path / "bad.npy"), "-o", str(tmp_path / "bad.png"))
+    assert result.exit_code == 1 and "sum to 1" in result.output and not (tmp_path / "bad.png").exists()
+    result = run("-o", str(tmp_path / "none.png"))
+    assert result.exit_code == 1 and "needs the input 'prior'" in result.output
+    result = run("--input", "style=x.png", "-o", str(tmp_path / "x.png"))
+    assert result.exit_code == 2 and "takes no --input style" in result.output

@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 import torch
@@ -27,6 +27,7 @@ from upscale_cli.archs import get_architecture
 from upscale_cli.archs.base import AT_OUTPUT, SUPER_RESOLUTION, WHOLE, ModelDescriptor, RunOptions
 from upscale_cli.checkpoint import CheckpointInfo, load_model, weights_digest
 from upscale_cli.device import resolve_device, resolve_precision
+from upscale_cli.errors import InputError
 from upscale_cli.image_io import lanczos_resize
 from upscale_cli.models import BICUBIC, find_weights, looks_like_path
 from upscale_cli.resize import imresize
@@ -73,6 +74,25 @@ class Upscaler:
         if self.descriptor is None or self.descriptor.likelihood is None:
             return None
         return partial(self.descriptor.likelihood, self.module, device=self.device)
+
+    def check_extra_names(self, names: Iterable[str]) -> None:
+        """ValueError for extra-input names (`--input NAME=...`) the model does not take from the command line."""
+        loadable = [e.name for e in self.descriptor.extra_inputs if e.load is not None] if self.descriptor else []
+        for name in names:
+            if name not in loadable:
+                raise ValueError(f"{self.name} takes no --input {name} (it takes {', '.join(loadable) or 'none'})")
+
+    def load_extras(self, values: Mapping[str, str], height: int, width: int) -> dict[str, torch.Tensor]:
+        """Extra inputs from the command line (name -> value) for a height x width input, each read by the
+        loader its model declares; InputError (one line, naming the file) when a value cannot be used."""
+        self.check_extra_names(values)
+        if not values:
+            return {}
+        loaders = {extra.name: extra.load for extra in self.descriptor.extra_inputs}
+        try:
+            return {name: loaders[name](value, height, width) for name, value in values.items()}
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
 
     def describe_input(self, rgb: np.ndarray) -> dict[str, float]:
         """What the model estimates about an input (float RGB (H, W, 3)); empty for models that estimate nothing."""

@@ -40,6 +40,10 @@ class ImageWriteError(UpscaleError):
         self.problem = problem
 
 
+class InputError(UpscaleError):
+    """A model's extra input given by the user cannot be used (a prior of the wrong size, format or values)."""
+
+
 class CheckpointError(UpscaleError):
     """A checkpoint is unreadable, inconsistent or names an unknown architecture."""
 

@@ -152,7 +152,8 @@ DESCRIPTOR = ModelDescriptor(
     # 128-channel condition maps at HR and LR, x2 for allocator slack.
     bytes_per_input_pixel=lambda cfg: 2 * 4 * (cfg.channels * (6 + 2 * 16) + 8 * 16 + 4 * 128),
     extra_inputs=(ExtraInput("prior", len(CLASSES), AT_OUTPUT,
-                             "8 class probabilities per output pixel: " + ", ".join(CLASSES)),),
+                             "8 class probabilities per output pixel: " + ", ".join(CLASSES),
+                             load=lambda value, height, width: prior_from(value, height, width)),),
     small_config={"scale": 4, "channels": 8, "blocks": 2},
 )
 
@@ -160,6 +161,13 @@ DESCRIPTOR = ModelDescriptor(
 # ----- priors given by the user -------------------------------------------------------------------------
 
 PROBABILITY_TOLERANCE = 1e-3  # how far a given probability map may sum from 1 per pixel
+
+
+def prior_from(value: str, lr_height: int, lr_width: int) -> torch.Tensor:
+    """A prior from the command line: `class:NAME` (one class everywhere) or a prior file (`load_prior`)."""
+    if value.startswith("class:"):
+        return class_prior(value[len("class:"):], 4 * lr_height, 4 * lr_width)
+    return load_prior(value, lr_height, lr_width)
 
 
 def class_prior(name: str, height: int, width: int) -> torch.Tensor:

@@ -203,15 +203,18 @@ def existing_output(path: Path | None, opts: dict[str, Any], made_by: str | None
     return False
 
 
-def provenance(upscaler: Any, width: int, height: int, seed: int, tau: float | None) -> str:
+def provenance(upscaler: Any, width: int, height: int, seed: int, tau: float | None,
+               extras: dict[str, str] | None = None) -> str:
     """What made an output, for its Software tag: program, model (name, native scale, weights digest),
-    output size, options and precision and, for stochastic models, the seed and tau, so that the file
-    itself says how to draw it again. ASCII only, as the tag demands (other characters are escaped)."""
+    output size, options (extra inputs as given) and precision and, for stochastic models, the seed and tau,
+    so that the file itself says how to draw it again. ASCII only, as the tag demands (other characters are
+    escaped)."""
     from upscale_cli import __version__
 
     model = f"model {upscaler.name} x{upscaler.scale}" + (f" #{upscaler.digest}" if upscaler.digest else "")
     parts = [f"upscale {__version__}", model, f"{width}x{height}"]
     parts += [name for name, chosen in (("tta", upscaler.tta), ("color-fix", upscaler.color_fix)) if chosen]
+    parts += [f"input {name}={value}" for name, value in sorted((extras or {}).items())]
     parts.append(upscaler.precision)
     if upscaler.stochastic:
         parts += [f"seed {seed}", f"tau {tau:g}"]

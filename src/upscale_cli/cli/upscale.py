@@ -37,6 +37,15 @@ DEFAULT_NAME = "{stem}_x{scale}.{ext}"
 @click.option("--color-fix", is_flag=True,
               help="Match the output's colour and brightness at the input's scale to the input "
                    "(one bicubic back-projection step); finer detail is kept.")
+@click.option("--input", "extra_inputs", multiple=True, metavar="NAME=VALUE",
+              help="An extra input of models that take one, e.g. --input prior=seg.png (repeatable).")
+@click.option("--seg", metavar="FILE",
+              help="A semantic prior for models that take one: an index image (classes 0..7) or a probability "
+                   "map (.npy or .safetensors, 8 channels), at the input's or the output's size. Same as "
+                   "--input prior=FILE.")
+@click.option("--seg-class", metavar="NAME",
+              help="One class of the semantic prior everywhere (e.g. sky, grass, building, water): texture "
+                   "steered by hand. Same as --input prior=class:NAME.")
 @output_options(DEFAULT_NAME)
 def upscale(**opts: Any) -> None:
     """Upscale images: files, folders (-r for subfolders), glob patterns, or '-' for stdin.
@@ -47,8 +56,25 @@ def upscale(**opts: Any) -> None:
     run_guarded(lambda: _run(opts), opts["verbose"])
 
 
+def extra_values(opts: dict[str, Any]) -> dict[str, str]:
+    """The extra inputs the options name: --input NAME=VALUE, and --seg / --seg-class for the prior."""
+    values: dict[str, str] = {}
+    for item in opts["extra_inputs"]:
+        name, sep, value = item.partition("=")
+        if not sep or not name or not value:
+            raise click.BadParameter(f"{item!r}: give NAME=VALUE", param_hint="--input")
+        values[name] = value
+    for flag, value in (("seg", opts["seg"]), ("seg_class", opts["seg_class"] and f"class:{opts['seg_class']}")):
+        if value:
+            if "prior" in values:
+                raise click.UsageError("give the prior once: --seg, --seg-class or --input prior=...")
+            values["prior"] = value
+    return values
+
+
 def _run(opts: dict[str, Any]) -> int:
     check_output_usage(opts)
+    opts["extras"] = extra_values(opts)
     if opts["scale"] is not None and (opts["width"] or opts["height"]):
         raise click.UsageError("give either --scale or --width/--height, not both")
     jobs, outcomes = expand_inputs(opts["inputs"], opts["output"], opts["recursive"])
@@ -65,6 +91,7 @@ def _run(opts: dict[str, Any]) -> int:
                 report.note(f"--{flag.replace('_', '-')} has no effect on bicubic")
         try:
             upscaler.output_size(1, 1, opts["scale"], opts["width"], opts["height"])
+            upscaler.check_extra_names(opts["extras"])
         except ValueError as exc:
             raise click.UsageError(str(exc)) from None
         report.note(f"{upscaler.name} (x{upscaler.scale}) on {upscaler.device}, {upscaler.precision}, "
@@ -87,6 +114,7 @@ def _process(job: Job, upscaler: Any, opts: dict[str, Any], progress: BatchProgr
     try:
         source = sys.stdin.buffer.read() if job.source is None else job.source
         image = read_image(source, max_pixels=opts["max_pixels"], name=job.label)
+        extras = upscaler.load_extras(opts["extras"], image.height, image.width)
         out_w, out_h = upscaler.output_size(image.width, image.height, opts["scale"], opts["width"], opts["height"])
         fmt = output_format(opts["fmt"], image.format, image.alpha is not None)
         if opts["fmt"] not in ("same", fmt):
@@ -108,7 +136,7 @@ def _process(job: Job, upscaler: Any, opts: dict[str, Any], progress: BatchProgr
                 report.note(f"{job.label}: {upscaler.name} estimates "
                             + ", ".join(f"{name.replace('_', ' ')} {value:g}" for name, value in estimates.items()),
                             verbose_only=True)
-        made_by = provenance(upscaler, out_w, out_h, seed, tau)
+        made_by = provenance(upscaler, out_w, out_h, seed, tau, opts["extras"])
         if existing_output(path, opts, made_by):
             return Outcome(job.label, "skipped", shown, extra=extra)
         if opts["dry_run"]:
@@ -118,7 +146,7 @@ def _process(job: Job, upscaler: Any, opts: dict[str, Any], progress: BatchProgr
             raise ImageWriteError(shown, f"{problem} (ask for less with --scale, --width or --height)")
         progress.start_image(job.label, image.width * image.height)
         rgb = upscaler.upscale(image.rgb, out_w, out_h, opts["tile"], on_tile=progress.tile_done,
-                               warn=lambda m: report.note(f"{job.label}: {m}"), options=RunOptions(seed, tau))
+                               warn=lambda m: report.note(f"{job.label}: {m}"), options=RunOptions(seed, tau, extras))
         write_output(path, rgb, image, fmt, opts, made_by)
         progress.image_done(out_w * out_h)
         extra["seconds"] = round(time.perf_counter() - started, 3)
