@@ -132,7 +132,38 @@ def test_the_prior_is_given_on_the_command_line(tmp_path) -> None:
     np.save(tmp_path / "bad.npy", np.full((8, 10, 12), 0.5))
     result = run("--seg", str(tmp_path / "bad.npy"), "-o", str(tmp_path / "bad.png"))
     assert result.exit_code == 1 and "sum to 1" in result.output and not (tmp_path / "bad.png").exists()
-    result = run("-o", str(tmp_path / "none.png"))
-    assert result.exit_code == 1 and "needs the input 'prior'" in result.output
+    assert run("-o", str(tmp_path / "auto.png")).exit_code == 0  # no prior given: the automatic one
+    assert not np.array_equal(np.asarray(Image.open(tmp_path / "auto.png")), outputs["grass"])
     result = run("--input", "style=x.png", "-o", str(tmp_path / "x.png"))
     assert result.exit_code == 2 and "takes no --input style" in result.output
+
+
+def test_the_automatic_prior_is_deterministic_and_reads_the_scene() -> None:
+    from upscale_cli.archs.sftgan import estimate_prior
+
+    generator = torch.Generator().manual_seed(0)
+    lr = torch.empty(1, 3, 16, 20)
+    lr[:, :, :8] = torch.tensor([0.55, 0.7, 0.95])[:, None, None]  # a flat blue sky above
+    lr[:, :, 8:] = torch.tensor([0.2, 0.5, 0.15])[:, None, None] + 0.25 * torch.rand(3, 8, 20, generator=generator)
+    prior = estimate_prior(lr)
+    assert prior.shape == (1, 8, 64, 80) and torch.equal(prior, estimate_prior(lr.clone()))
+    torch.testing.assert_close(prior.sum(dim=1), torch.ones(1, 64, 80))
+    labels = prior[0].argmax(dim=0)
+    assert (labels[:24] == CLASSES.index("sky")).float().mean() > 0.9
+    assert (labels[40:] == CLASSES.index("plant")).float().mean() > 0.5  # textured green
+
+
+def test_the_automatic_prior_keeps_tiled_equal_to_untiled(tmp_path) -> None:
+    from conftest import smooth_image
+    from upscale_cli.checkpoint import CheckpointInfo, config_dict, save_checkpoint
+    from upscale_cli.engine import load_upscaler
+
+    torch.manual_seed(0)
+    model = SFTGAN(SFTGANConfig(channels=8, blocks=1))
+    path = tmp_path / "steer_x4.safetensors"
+    save_checkpoint(path, model, CheckpointInfo("sftgan", 4, config_dict(model.config), name="steer_x4"))
+    upscaler = load_upscaler(str(path), device="cpu", precision="fp32", overlap=receptive_radius(model.config))
+    rgb = smooth_image(30, 26, 2).astype("float32") / 255
+    whole = upscaler.upscale(rgb, 104, 120, "none")
+    tiled = upscaler.upscale(rgb, 104, 120, "12")
+    torch.testing.assert_close(torch.from_numpy(tiled), torch.from_numpy(whole), atol=1e-5, rtol=0)

@@ -191,17 +191,20 @@ class Upscaler:
         if unknown:
             raise ValueError(f"{self.name} takes no input named {', '.join(unknown)}"
                              f" (it takes: {', '.join(sorted(declared)) or 'the image only'})")
-        missing = sorted(declared - set(options.extras))
+        missing = sorted(e.name for e in self.descriptor.extra_inputs
+                         if e.name not in options.extras and e.default is None)
         if missing:
             about = {extra.name: extra.about for extra in self.descriptor.extra_inputs}
             raise ValueError(f"{self.name} needs the input {', '.join(f'{m!r} ({about[m]})' for m in missing)}")
 
     def _pass_inputs(self, image: torch.Tensor, options: RunOptions) -> dict[str, TileInput]:
-        """The extra inputs of one pass over `image`, each resized to the size that pass reads it at."""
+        """The extra inputs of one pass over `image`, each resized to the size that pass reads it at; an input
+        not given is computed from `image` by its default (once per pass, before tiling)."""
         height, width = image.shape[-2:]
         inputs = {}
         for extra in self.descriptor.extra_inputs:
-            tensor = options.extras[extra.name].float()
+            given = options.extras.get(extra.name)
+            tensor = (extra.default(image) if given is None else given).float()
             if extra.at == WHOLE:
                 inputs[extra.name] = TileInput(tensor, None)
                 continue

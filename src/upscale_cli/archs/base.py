@@ -32,13 +32,16 @@ PLACEMENTS = (AT_INPUT, AT_OUTPUT, WHOLE)
 class ExtraInput:
     """A named input besides the image, as a (1, channels, h, w) float tensor. `load(value, height, width)`
     turns what a user gives on the command line (`--input NAME=VALUE`: a file, or words of the input's own)
-    into that tensor for an LR image of height x width; without it the input can only come from Python."""
+    into that tensor for an LR image of height x width; without it the input can only come from Python.
+    `default(image)` computes the input from the image (1, 3, h, w) a pass reads when none is given (an
+    automatic prior); without it the input is required."""
 
     name: str
     channels: int
     at: str  # AT_INPUT, AT_OUTPUT or WHOLE
     about: str = ""
     load: Callable[[str, int, int], Any] | None = None
+    default: Callable[[Any], Any] | None = None
 
     def __post_init__(self) -> None:
         if self.at not in PLACEMENTS:

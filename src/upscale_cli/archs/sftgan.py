@@ -153,9 +153,68 @@ DESCRIPTOR = ModelDescriptor(
     bytes_per_input_pixel=lambda cfg: 2 * 4 * (cfg.channels * (6 + 2 * 16) + 8 * 16 + 4 * 128),
     extra_inputs=(ExtraInput("prior", len(CLASSES), AT_OUTPUT,
                              "8 class probabilities per output pixel: " + ", ".join(CLASSES),
-                             load=lambda value, height, width: prior_from(value, height, width)),),
+                             load=lambda value, height, width: prior_from(value, height, width),
+                             default=lambda image: estimate_prior(image)),),
     small_config={"scale": 4, "channels": 8, "blocks": 2},
 )
+
+
+# ----- the automatic prior ------------------------------------------------------------------------------
+
+TEXTURE_WINDOW = 9  # HR px (about 2 LR px): the local standard deviation of luma that tells smooth from textured
+
+
+def _box_mean(x: torch.Tensor, size: int) -> torch.Tensor:
+    pad = size // 2
+    return F.avg_pool2d(F.pad(x, (pad,) * 4, mode="reflect"), size, stride=1)
+
+
+def prior_cues(lr: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The cues of the automatic prior, each (B, 4h, 4w) on the bicubic-upsampled LR (B, 3, h, w)."""
+    from upscale_cli.resize import imresize
+
+    up = imresize(lr.float(), scale=4).clamp(0, 1)
+    r, g, b = up[:, 0], up[:, 1], up[:, 2]
+    brightest, darkest = up.amax(dim=1), up.amin(dim=1)
+    luma = (0.299 * r + 0.587 * g + 0.114 * b)[:, None]
+    variance = (_box_mean(luma**2, TEXTURE_WINDOW) - _box_mean(luma, TEXTURE_WINDOW) ** 2).clamp(min=0)
+    smooth = torch.exp(-variance.sqrt()[:, 0] / 0.03)  # 1: flat, 0: strongly textured
+    rows = torch.linspace(1.0, -1.0, up.shape[-2], dtype=up.dtype, device=up.device)[None, :, None]
+    return {
+        "smooth": smooth,
+        "bright": luma[:, 0],
+        "blue": ((b - torch.maximum(r, g)) * 4).clamp(-1, 1),
+        "green": ((g - torch.maximum(r, b)) * 4).clamp(-1, 1),
+        "grey": 1 - ((brightest - darkest) / (brightest + 1e-6) * 2).clamp(0, 1),
+        "top": rows.expand_as(smooth),  # 1 at the top of the image, -1 at the bottom
+    }
+
+
+def estimate_prior(lr: torch.Tensor) -> torch.Tensor:
+    """The automatic prior (B, 8, 4h, 4w) for LR images (B, 3, h, w): class probabilities from a fixed,
+    hand-set rule on colour, smoothness and height in the image, on the bicubic-upsampled LR.
+
+    What it is: a softmax over additive scores (sky: smooth, bright, blue or grey, high; water: smooth, blue,
+    low; grass: green, smooth, low; plant: green, textured; building: grey, textured; mountain and animal
+    rare; background the reference 0). Deterministic, computed on the whole image before tiling, and used
+    alike in training and inference. What it is not: a segmentation network. It knows nothing of shapes or
+    objects, takes a blue car for water and a green wall for a plant, and never finds an animal; its
+    figures on labelled scenes are in weights/README.md (benchmarks/prior_iou.py). No labelled data for
+    the eight classes exists on this project's machines to train a better one.
+    """
+    c = prior_cues(lr)
+    sky_colour = torch.maximum(c["blue"], c["grey"] * c["bright"])
+    scores = [
+        torch.zeros_like(c["smooth"]),  # background
+        2.5 * c["smooth"] + 2.0 * c["top"] + 2.0 * (c["bright"] - 0.5) + 2.0 * sky_colour - 2.5,  # sky
+        2.0 * c["smooth"] + 2.5 * c["blue"] - 1.5 * c["top"] - 2.5,  # water
+        3.0 * c["green"] + 1.0 * c["smooth"] - 1.0 * c["top"] - 1.5,  # grass
+        torch.full_like(c["smooth"], -2.0),  # mountain
+        1.5 * c["grey"] + 1.5 * (1 - c["smooth"]) + 0.5 * c["top"] - 1.5,  # building
+        3.0 * c["green"] + 1.5 * (1 - c["smooth"]) - 1.0,  # plant
+        torch.full_like(c["smooth"], -3.0),  # animal
+    ]
+    return torch.softmax(torch.stack(scores, dim=1), dim=1)
 
 
 # ----- priors given by the user -------------------------------------------------------------------------
