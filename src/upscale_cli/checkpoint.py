@@ -7,13 +7,14 @@ Metadata keys (all strings, as safetensors requires):
   name              short model name (e.g. "srgan_x4")
   training          JSON: command, data, seed, iterations, ...   (how it was made)
   metrics           JSON: {"Set5": {"psnr_y": ...}, ...}          (measured figures)
+  params            the network's parameter count (buffers such as BatchNorm statistics left out)
 Loading builds the architecture from `arch` + `config` and loads tensors strictly; nothing is guessed.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,9 +42,11 @@ class CheckpointInfo:
     name: str = ""
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+    params: int | None = None  # absent in checkpoints written before it was recorded
 
     def to_metadata(self) -> dict[str, str]:
         return {
+            **({"params": str(self.params)} if self.params is not None else {}),
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "arch": self.arch,
@@ -75,6 +78,7 @@ class CheckpointInfo:
                 name=meta.get("name", ""),
                 training=json.loads(meta.get("training") or "{}"),
                 metrics=json.loads(meta.get("metrics") or "{}"),
+                params=int(meta["params"]) if meta.get("params") else None,
             )
         except (ValueError, TypeError) as exc:
             raise CheckpointError(f"{path}: malformed checkpoint metadata ({exc})") from None
@@ -83,6 +87,9 @@ class CheckpointInfo:
 def save_checkpoint(path: Path, model: nn.Module, info: CheckpointInfo) -> None:
     """Write `model`'s tensors and `info` atomically (`atomic.write_atomically`, fsynced, then renamed)."""
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    params = sum(p.numel() for p in model.parameters())
+    if params:  # a tensor holder (`record_metrics`) keeps the count the file had
+        info = replace(info, params=params)
     data = save(tensors, metadata=info.to_metadata())
     write_atomically(path, lambda handle: handle.write(data))
 

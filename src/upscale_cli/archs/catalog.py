@@ -36,6 +36,8 @@ CATALOG: tuple[CatalogEntry, ...] = (
                  "upscale_cli.train.recipes.dasr"),
     CatalogEntry("sftgan", "sftgan", "upscale_cli.archs.sftgan",
                  "SFT-GAN, textures steered by a semantic prior (Wang et al. 2018)"),
+    CatalogEntry("artflow", "artflow", "upscale_cli.archs.artflow",
+                 "ArtFlow, style transfer through a reversible flow that loses no content (An et al. 2021)"),
 )
 
 DEFAULT_MODEL = "srgan"  # what `upscale` runs without --model

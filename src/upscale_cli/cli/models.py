@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from upscale_cli.archs.base import SUPER_RESOLUTION, TASKS
+from upscale_cli.archs.base import IMAGE_TO_IMAGE, SUPER_RESOLUTION, TASKS
 from upscale_cli.cli.common import run_guarded
 
 
@@ -24,7 +24,6 @@ def models(as_json: bool, task: str | None, verbose: bool) -> None:
 
 def describe_models() -> list[dict[str, Any]]:
     """One entry per model name and scale, including known models whose weights are missing."""
-    from safetensors import safe_open
 
     from upscale_cli.archs import get_architecture
     from upscale_cli.archs.catalog import CATALOG, entry
@@ -45,10 +44,7 @@ def describe_models() -> list[dict[str, Any]]:
         try:
             info = read_info(weights.path)
             row["task"] = get_architecture(info.arch).task
-            with safe_open(str(weights.path), framework="pt") as handle:
-                params = sum(_numel(handle.get_slice(k).get_shape()) for k in handle.keys()
-                             if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))
-                             and handle.get_slice(k).get_dtype() not in _FLAG_DTYPES)
+            params = info.params if info.params is not None else _tensor_count(weights.path)
             row.update(arch=info.arch, params=params, metrics=info.metrics, status="ok",
                        iterations=info.training.get("iterations"))
         except (CheckpointError, KeyError) as exc:
@@ -62,7 +58,18 @@ def describe_models() -> list[dict[str, Any]]:
     return rows
 
 
+SHORT_TASKS = {SUPER_RESOLUTION: "SR", IMAGE_TO_IMAGE: "img2img"}  # the table's narrow task column
 _FLAG_DTYPES = ("BOOL", "I64", "I32")  # flags and counters kept beside the weights, not parameters
+
+
+def _tensor_count(path: Path) -> int:
+    """The parameter count of a checkpoint that does not record one: its float tensors but BatchNorm's statistics."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        return sum(_numel(handle.get_slice(k).get_shape()) for k in handle.keys()
+                   if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))
+                   and handle.get_slice(k).get_dtype() not in _FLAG_DTYPES)
 
 
 def _numel(shape: list[int]) -> int:
@@ -101,10 +108,10 @@ def _list(as_json: bool, task: str | None) -> int:
     several_tasks = len({row["task"] for row in rows}) > 1  # the task column only where it tells models apart
     for column in ("name", *(("task",) if several_tasks else ()), "scale", "arch", "params", "file", "size",
                    "quality", "status"):
-        table.add_column(column, overflow="fold")
+        table.add_column(column, overflow="fold", no_wrap=column in ("name", "task", "scale"))
     for row in rows:
         scale = f"x{row['scale']}" if row["scale"] else ("any" if row["name"] == "bicubic" else "-")
-        task = (str(row["task"] or "-"),) if several_tasks else ()
+        task = (SHORT_TASKS.get(row["task"], "-"),) if several_tasks else ()
         table.add_row(row["name"], *task, scale, str(row["arch"] or "-"),
                       f"{row['params'] / 1e6:.2f} M" if row.get("params") else "-",
                       Path(row["file"]).name if row["file"] else "-",

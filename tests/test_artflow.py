@@ -1,0 +1,122 @@
+"""ArtFlow: the PFN's size and exact inverse, the transfers, and unbiased (lossless) stylisation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from upscale_cli.archs.artflow import ArtFlow, ArtFlowConfig, initialize_from
+from upscale_cli.metrics import psnr
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_the_papers_pfn_has_its_parameter_count() -> None:
+    assert sum(p.numel() for p in ArtFlow(ArtFlowConfig()).parameters()) == 6_463_616  # spec 5.1
+
+
+def model(transfer: str = "adain", seed: int = 0, flows: int = 2) -> ArtFlow:
+    """A small ArtFlow with every parameter perturbed (zero-convs included), ActNorm initialised on data."""
+    torch.manual_seed(seed)
+    flow = ArtFlow(ArtFlowConfig(flows=flows, hidden=16, transfer=transfer))
+    initialize_from(flow, torch.rand(2, 3, 32, 32))
+    with torch.no_grad():
+        for parameter in flow.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    return flow.eval()
+
+
+def images(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    content = torch.rand(1, 3, 40, 48, generator=generator)
+    style = torch.rand(1, 3, 28, 36, generator=generator) * torch.tensor([1.0, 0.5, 0.2])[:, None, None]
+    return content, style
+
+
+def test_the_projection_inverts_exactly() -> None:
+    flow = model()
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        latent = flow.project(x)
+        assert latent.shape == (2, 48, 16, 16) and (latent - x.mean()).abs().mean() > 0.05
+        assert (flow.revert(latent) - x).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("transfer", ["adain", "wct"])
+def test_a_content_styled_with_itself_comes_back(transfer: str) -> None:
+    flow = model(transfer)
+    content, _ = images(2)
+    with torch.no_grad():
+        assert psnr(flow(content, content).clamp(0, 1) * 255, content * 255) >= 40
+
+
+@pytest.mark.parametrize("transfer", ["adain", "wct"])
+def test_stylisation_is_unbiased_content_comes_back_after_a_round_trip(transfer: str) -> None:
+    """Stylise C with S, then the result with C as the style: C again, since nothing was lost on the way."""
+    flow = model(transfer)
+    content, style = images(3)
+    with torch.no_grad():
+        styled = flow(content, style)
+        back = flow(styled, content)
+    assert psnr(styled.clamp(0, 1) * 255, content * 255) < 30  # the style did change it
+    assert psnr(back.clamp(0, 1) * 255, content * 255) >= 40
+    # the styled latent carries the style's statistics, not the content's
+    with torch.no_grad():
+        stats, target = flow.image_statistics(styled), flow.image_statistics(style)
+    assert (stats["mean"] - target["mean"]).abs().max() < 1e-2
+
+
+def test_tiled_stylisation_equals_untiled(tmp_path) -> None:
+    from dataclasses import asdict
+
+    import numpy as np
+
+    from upscale_cli.archs.base import RunOptions
+    from upscale_cli.checkpoint import CheckpointInfo, save_checkpoint
+    from upscale_cli.engine import load_upscaler
+
+    from upscale_cli.archs.artflow import receptive_radius
+
+    flow = model(flows=1)
+    path = tmp_path / "style_x1.safetensors"
+    save_checkpoint(path, flow, CheckpointInfo("artflow", 1, asdict(flow.config), name="style_x1"))
+    radius = receptive_radius(flow.config)
+    upscaler = load_upscaler(str(path), device="cpu", precision="fp32", overlap=radius)
+    generator = torch.Generator().manual_seed(4)
+    content, style = torch.rand(1, 3, 98, 90, generator=generator), images(4)[1]
+    rgb = np.ascontiguousarray(content[0].permute(1, 2, 0).numpy())
+    whole = upscaler.upscale(rgb, 90, 98, "none", options=RunOptions(extras={"style": style}))
+    ticks = []
+    tiled = upscaler.upscale(rgb, 90, 98, str(radius + 12), options=RunOptions(extras={"style": style}),
+                             on_tile=lambda done, total: ticks.append(total))
+    assert ticks[-1] > 2  # really tiled, in two passes
+    with torch.no_grad():
+        expected = flow(content, style)[0].permute(1, 2, 0).numpy()
+    np.testing.assert_allclose(whole, expected, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(tiled, whole, atol=1e-4, rtol=0)
+
+
+def test_a_style_image_is_given_on_the_command_line(tmp_path) -> None:
+    from dataclasses import asdict
+
+    import numpy as np
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from conftest import smooth_image
+    from upscale_cli.checkpoint import CheckpointInfo, save_checkpoint
+    from upscale_cli.cli import cli
+
+    flow = model(flows=1)
+    path = tmp_path / "style_x1.safetensors"
+    save_checkpoint(path, flow, CheckpointInfo("artflow", 1, asdict(flow.config), name="style_x1"))
+    Image.fromarray(smooth_image(30, 26, 1)).save(tmp_path / "content.png")
+    Image.fromarray(smooth_image(20, 24, 7)).save(tmp_path / "painting.png")
+    args = [str(tmp_path / "content.png"), "-m", str(path), "--precision", "fp32"]
+    result = CliRunner().invoke(cli, [*args, "--input", f"style={tmp_path / 'painting.png'}", "-o", str(tmp_path / "o.png")])
+    assert result.exit_code == 0, result.output
+    out = np.asarray(Image.open(tmp_path / "o.png"))
+    assert out.shape == (30, 26, 3) and not np.array_equal(out, smooth_image(30, 26, 1))
+    (tmp_path / "broken.png").write_text("no")
+    result = CliRunner().invoke(cli, [*args, "--input", f"style={tmp_path / 'broken.png'}", "-o", str(tmp_path / "b.png")])
+    assert result.exit_code == 1 and "broken.png" in result.output and not (tmp_path / "b.png").exists()
