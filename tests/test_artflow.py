@@ -120,3 +120,41 @@ def test_a_style_image_is_given_on_the_command_line(tmp_path) -> None:
     (tmp_path / "broken.png").write_text("no")
     result = CliRunner().invoke(cli, [*args, "--input", f"style={tmp_path / 'broken.png'}", "-o", str(tmp_path / "b.png")])
     assert result.exit_code == 1 and "broken.png" in result.output and not (tmp_path / "b.png").exists()
+
+
+def test_stylize_makes_every_content_in_every_style(tmp_path, tiny_checkpoint) -> None:
+    from dataclasses import asdict
+
+    import numpy as np
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from conftest import smooth_image
+    from upscale_cli.checkpoint import CheckpointInfo, save_checkpoint
+    from upscale_cli.cli import cli
+    from upscale_cli.image_io import software_tag
+
+    flow = model(flows=1)
+    path = tmp_path / "style_x1.safetensors"
+    save_checkpoint(path, flow, CheckpointInfo("artflow", 1, asdict(flow.config), name="style_x1"))
+    contents = tmp_path / "photos"
+    contents.mkdir()
+    for i in range(2):
+        Image.fromarray(smooth_image(24, 28, i)).save(contents / f"c{i}.png")
+    styles = []
+    for name, seed in (("wave", 5), ("stars", 6)):
+        Image.fromarray(smooth_image(20, 20, seed)).save(tmp_path / f"{name}.png")
+        styles += ["--style", str(tmp_path / f"{name}.png")]
+    out = tmp_path / "out"
+    result = CliRunner().invoke(cli, ["stylize", str(contents), *styles, "-m", str(path), "-o", str(out), "-q"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == ["c0_stars.png", "c0_wave.png", "c1_stars.png", "c1_wave.png"]
+    result = CliRunner().invoke(cli, ["stylize", str(contents / "c0.png"), *styles[:2], "-m", str(path),
+                                      "--strength", "0", "-o", str(tmp_path / "zero"), "-q"])
+    assert result.exit_code == 0, result.output
+    kept = np.asarray(Image.open(tmp_path / "zero" / "c0_wave.png")).astype(float)
+    assert np.abs(kept - smooth_image(24, 28, 0)).max() <= 1  # strength 0: the content itself
+    assert "strength 0" in software_tag(tmp_path / "zero" / "c0_wave.png")
+    result = CliRunner().invoke(cli, ["stylize", str(contents), *styles[:2], "-m", str(tiny_checkpoint),
+                                      "-o", str(tmp_path / "no")])
+    assert result.exit_code == 2 and "takes no style image" in result.output

@@ -169,9 +169,10 @@ class ArtFlowRunner:
 
     scale = 1
 
-    def __init__(self, model: ArtFlow, device: torch.device, precision: str) -> None:
+    def __init__(self, model: ArtFlow, device: torch.device, precision: str, strength: float = 1.0) -> None:
         self.model = model.eval().requires_grad_(False).to(device)
         self.device = device
+        self.strength = strength
         self.factor = 1 / model.config.multiple
 
     def prepare(self, inputs: Inputs, max_pixels: int | None) -> dict:
@@ -198,7 +199,8 @@ class ArtFlowRunner:
         batch = latent.shape[0]
         expand = lambda stats: {k: v.expand(batch, *v.shape[1:]) for k, v in stats.items()}  # noqa: E731
         moved = self.model.transfer(latent, expand(state["content"]), expand(state["style"]))
-        return self.model.revert(moved).float().cpu()
+        blended = latent + self.strength * (moved - latent)  # strength 0: the content itself, 1: the full transfer
+        return self.model.revert(blended).float().cpu()
 
 
 def read_style(path: str) -> torch.Tensor:
@@ -213,7 +215,7 @@ def read_style(path: str) -> torch.Tensor:
 
 
 def make_runner(model: ArtFlow, device: torch.device, precision: str, options: RunOptions) -> ArtFlowRunner:
-    return ArtFlowRunner(model, device, precision)
+    return ArtFlowRunner(model, device, precision, options.strength)
 
 
 def receptive_radius(config: ArtFlowConfig) -> int:

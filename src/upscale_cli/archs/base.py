@@ -67,11 +67,13 @@ class SizeRequirements:
 @dataclass(frozen=True)
 class RunOptions:
     """What one run of a model may be given besides the image: the sample's seed and temperature (stochastic
-    models; tau None is the model's default) and the extra inputs by name."""
+    models; tau None is the model's default), the extra inputs by name, and how far a transfer goes
+    (`strength`, 0..1, for models that transfer statistics; others ignore it)."""
 
     seed: int = 0
     tau: float | None = None
     extras: Mapping[str, torch.Tensor] = field(default_factory=dict)
+    strength: float = 1.0
 
 
 RunnerFactory = Callable[["nn.Module", "torch.device", str, RunOptions], "TileRunner"]

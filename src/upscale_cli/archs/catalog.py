@@ -43,6 +43,7 @@ CATALOG: tuple[CatalogEntry, ...] = (
 DEFAULT_MODEL = "srgan"  # what `upscale` runs without --model
 DEFAULT_SAMPLER = "srflow"  # what `upscale sample` runs without --model
 DEFAULT_RECIPE = "srresnet"  # what `upscale train` trains without --model
+DEFAULT_STYLIZER = "artflow"  # what `upscale stylize` runs without --model
 
 
 def entry(name: str) -> CatalogEntry | None:

@@ -12,6 +12,7 @@ from upscale_cli.cli.bench import bench
 from upscale_cli.cli.compare import compare
 from upscale_cli.cli.models import models
 from upscale_cli.cli.sample import sample
+from upscale_cli.cli.stylize import stylize
 from upscale_cli.cli.train import train
 from upscale_cli.cli.upscale import upscale
 
@@ -39,12 +40,13 @@ def cli() -> None:
     \b
     upscale photo.png -x4                    (same as: upscale upscale photo.png ...)
     upscale sample lr.png -n 8 --tau 0.8
+    upscale stylize photo.png --style painting.jpg
     upscale compare photo.png --crop 64,0,48,40
     upscale models
     """
 
 
-for command in (upscale, sample, compare, train, bench, models):
+for command in (upscale, sample, stylize, compare, train, bench, models):
     cli.add_command(command)
 
 

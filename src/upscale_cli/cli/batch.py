@@ -16,7 +16,8 @@ from upscale_cli.cli.options import DEVICE_HELP, FIXED_PRECISIONS, PRECISIONS, o
 from upscale_cli.errors import ExitCode, ImageWriteError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp"}
-NAME_FIELDS = {"stem": "x", "model": "m", "scale": "4", "ext": "png", "seed": "0", "tau": "0.8", "i": "0"}
+NAME_FIELDS = {"stem": "x", "model": "m", "scale": "4", "ext": "png", "seed": "0", "tau": "0.8", "i": "0",
+               "style": "s"}
 
 
 @dataclass
@@ -174,7 +175,7 @@ def destination(job: Job, template: str, **fields: Any) -> Path | None:
     if job.out_file is not None:
         return job.out_file
     stem = "stdin" if job.source is None else job.source.stem
-    values = {"seed": "", "tau": "", "i": 0, **fields}
+    values = {"seed": "", "tau": "", "i": 0, "style": "", **fields}
     assert job.out_dir is not None
     return job.out_dir / template.format(stem=stem, **values)
 
@@ -204,7 +205,7 @@ def existing_output(path: Path | None, opts: dict[str, Any], made_by: str | None
 
 
 def provenance(upscaler: Any, width: int, height: int, seed: int, tau: float | None,
-               extras: dict[str, str] | None = None) -> str:
+               extras: dict[str, str] | None = None, strength: float = 1.0) -> str:
     """What made an output, for its Software tag: program, model (name, native scale, weights digest),
     output size, options (extra inputs as given) and precision and, for stochastic models, the seed and tau,
     so that the file itself says how to draw it again. ASCII only, as the tag demands (other characters are
@@ -215,6 +216,7 @@ def provenance(upscaler: Any, width: int, height: int, seed: int, tau: float | N
     parts = [f"upscale {__version__}", model, f"{width}x{height}"]
     parts += [name for name, chosen in (("tta", upscaler.tta), ("color-fix", upscaler.color_fix)) if chosen]
     parts += [f"input {name}={value}" for name, value in sorted((extras or {}).items())]
+    parts += [f"strength {strength:g}"] if strength != 1.0 else []
     parts.append(upscaler.precision)
     if upscaler.stochastic:
         parts += [f"seed {seed}", f"tau {tau:g}"]

@@ -106,8 +106,10 @@ def _run(opts: dict[str, Any]) -> int:
     return report.finish()
 
 
-def _process(job: Job, upscaler: Any, opts: dict[str, Any], progress: BatchProgress, report: Reporter) -> Outcome:
-    """Read, upscale, encode and write one image; every failure becomes an Outcome, never an exception."""
+def _process(job: Job, upscaler: Any, opts: dict[str, Any], progress: BatchProgress, report: Reporter,
+             name_fields: dict[str, str] | None = None) -> Outcome:
+    """Read, upscale, encode and write one image; every failure becomes an Outcome, never an exception.
+    `name_fields` are more fields for the name template (stylize's {style})."""
     from upscale_cli.image_io import extension, output_format, read_image
 
     started = time.perf_counter()
@@ -123,7 +125,7 @@ def _process(job: Job, upscaler: Any, opts: dict[str, Any], progress: BatchProgr
         tau = upscaler.default_tau if opts["tau"] is None else opts["tau"]
         path = destination(job, opts["name_template"], model=upscaler.name, scale=format_scale(out_w / image.width),
                            ext=extension(fmt).lstrip("."), seed=seed if upscaler.stochastic else "",
-                           tau=f"{tau:g}" if upscaler.stochastic else "")
+                           tau=f"{tau:g}" if upscaler.stochastic else "", **(name_fields or {}))
         shown = "<stdout>" if path is None else str(path)
         extra = {"model": upscaler.name, "width": out_w, "height": out_h, "format": fmt,
                  "scale": round(out_w / image.width, 4)}
@@ -136,7 +138,8 @@ def _process(job: Job, upscaler: Any, opts: dict[str, Any], progress: BatchProgr
                 report.note(f"{job.label}: {upscaler.name} estimates "
                             + ", ".join(f"{name.replace('_', ' ')} {value:g}" for name, value in estimates.items()),
                             verbose_only=True)
-        made_by = provenance(upscaler, out_w, out_h, seed, tau, opts["extras"])
+        strength = opts.get("strength", 1.0)
+        made_by = provenance(upscaler, out_w, out_h, seed, tau, opts["extras"], strength)
         if existing_output(path, opts, made_by):
             return Outcome(job.label, "skipped", shown, extra=extra)
         if opts["dry_run"]:
@@ -146,7 +149,8 @@ def _process(job: Job, upscaler: Any, opts: dict[str, Any], progress: BatchProgr
             raise ImageWriteError(shown, f"{problem} (ask for less with --scale, --width or --height)")
         progress.start_image(job.label, image.width * image.height)
         rgb = upscaler.upscale(image.rgb, out_w, out_h, opts["tile"], on_tile=progress.tile_done,
-                               warn=lambda m: report.note(f"{job.label}: {m}"), options=RunOptions(seed, tau, extras))
+                               warn=lambda m: report.note(f"{job.label}: {m}"),
+                               options=RunOptions(seed, tau, extras, strength))
         write_output(path, rgb, image, fmt, opts, made_by)
         progress.image_done(out_w * out_h)
         extra["seconds"] = round(time.perf_counter() - started, 3)
