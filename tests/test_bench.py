@@ -128,6 +128,17 @@ def test_degrade_blur_lowers_bicubic_and_ignores_given_lr(paired_folder: Path, t
     assert row(json.loads(out.read_text()), "bicubic")["lr"] == "aniso:0.5,3,30,noise:5"
 
 
+def test_the_perceptual_distance_is_a_column_when_the_extra_is_installed(paired_folder: Path, tmp_path: Path) -> None:
+    from upscale_cli.perceptual import weights_path
+
+    if weights_path() is None:
+        pytest.skip("the perceptual extra (stlpips-pytorch) is not installed")
+    result = quality_json(tmp_path, "--data", str(paired_folder), "--model", "bicubic")
+    mean = row(result, "bicubic")["mean"]
+    assert 0 < mean["stlpips"] < 1
+    assert all("stlpips" in figures for figures in row(result, "bicubic")["images"].values())
+
+
 def test_given_lr_files_are_audited_against_their_hr(paired_folder: Path, tmp_path: Path) -> None:
     shifted = paired_folder / "LR_x4" / "img_1.png"  # an LR file not made from its HR: shifted one pixel
     Image.fromarray(np.roll(np.array(Image.open(shifted)), 1, axis=1)).save(shifted)

@@ -91,6 +91,18 @@ def evaluate(upscale: Callable[[torch.Tensor], torch.Tensor], pairs: list[ImageP
     return {"mean": mean_figures(list(per_image.values())), "images": per_image}
 
 
+def perceptual_distance(sr: torch.Tensor, hr: torch.Tensor) -> dict[str, float]:
+    """{"stlpips": ST-LPIPS of the 8-bit output against HR (lower is closer)} when the `perceptual` extra is
+    installed, else nothing: a figure that does not reward blur the way PSNR does."""
+    from upscale_cli.perceptual import stlpips
+
+    metric = stlpips()
+    if metric is None:
+        return {}
+    with torch.no_grad():
+        return {"stlpips": metric(quantize(sr)[None].float(), hr[None].float()).item()}
+
+
 def lr_consistency(sr: torch.Tensor, lr: torch.Tensor) -> float:
     """PSNR (dB, RGB, 0..255, whole image) between `lr` and the MATLAB-bicubic downscale of the 8-bit `sr`."""
     shrunk = imresize(quantize(sr), size=tuple(lr.shape[-2:]))
@@ -220,8 +232,8 @@ def score_draws(draw: Callable[[torch.Tensor], list[torch.Tensor]], pairs: list[
             if sr.shape != pair.hr.shape:
                 raise InferenceError(f"{pair.name}: output {tuple(sr.shape)} does not match HR {tuple(pair.hr.shape)}")
             pixels += sr.shape[-1] * sr.shape[-2]
-        figures = [{**sr_figures(sr, pair.hr, border=scale), "lr_psnr": lr_consistency(sr, pair.lr)}
-                   for sr in outputs]
+        figures = [{**sr_figures(sr, pair.hr, border=scale), "lr_psnr": lr_consistency(sr, pair.lr),
+                    **perceptual_distance(sr, pair.hr)} for sr in outputs]
         per_image[pair.name] = mean_figures(figures)
         if len(outputs) > 1:
             per_image[pair.name]["diversity"] = diversity(outputs)

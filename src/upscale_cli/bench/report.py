@@ -125,6 +125,8 @@ def quality_table(rows: list[dict[str, Any]], scale: int) -> Any:
     columns += ["tau", "samples", "diversity"] if stochastic else []
     density = any("nll_bpd" in row["mean"] for row in rows)
     columns += ["NLL bits/dim"] if density else []
+    perceptual = any("stlpips" in row["mean"] for row in rows)
+    columns += ["ST-LPIPS"] if perceptual else []
     for name in [*columns, "out MP/s"]:
         table.add_column(name, justify="left" if name in ("data", "LR", "model", "prec.") else "right",
                          overflow="fold")
@@ -138,6 +140,8 @@ def quality_table(rows: list[dict[str, Any]], scale: int) -> Any:
                       fmt_num(mean.get("diversity"), 2)]
         if density:
             cells.append(fmt_num(mean.get("nll_bpd"), 3))
+        if perceptual:
+            cells.append(fmt_num(mean.get("stlpips"), 4))
         table.add_row(*cells, fmt_num(row["megapixels_per_second"], 2))
     return table
 
