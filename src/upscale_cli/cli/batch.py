@@ -164,6 +164,15 @@ def expand_inputs(inputs: tuple[str, ...], output: str | None, recursive: bool) 
     return jobs, missing
 
 
+def start_batch(opts: dict[str, Any], output: str | None) -> tuple[list[Job], Reporter]:
+    """The jobs the inputs name, and a Reporter that already holds the inputs that name nothing."""
+    jobs, outcomes = expand_inputs(opts["inputs"], output, opts["recursive"])
+    report = Reporter(opts)
+    for outcome in outcomes:
+        report.add(outcome)
+    return jobs, report
+
+
 def format_scale(value: float) -> str:
     return f"{round(value, 3):g}"
 

@@ -10,8 +10,7 @@ from typing import Any
 import click
 
 from upscale_cli.cli.batch import (Job, Outcome, Reporter, check_output_usage, destination, existing_output,
-                                   expand_inputs, load_model_for_cli, output_options, provenance,
-                                   write_output)
+                                   load_model_for_cli, output_options, provenance, start_batch, write_output)
 from upscale_cli.archs.base import RunOptions
 from upscale_cli.archs.catalog import DEFAULT_SAMPLER
 from upscale_cli.cli.common import run_guarded
@@ -59,10 +58,7 @@ def _check_usage(opts: dict[str, Any]) -> None:
 def _run(opts: dict[str, Any]) -> int:
     _check_usage(opts)
     output_dir = None if opts["output"] is None else opts["output"].rstrip("/") + "/"
-    jobs, outcomes = expand_inputs(opts["inputs"], output_dir, opts["recursive"])
-    report = Reporter(opts)
-    for outcome in outcomes:
-        report.add(outcome)
+    jobs, report = start_batch(opts, output_dir)
     if jobs:
         upscaler = load_model_for_cli(opts, report)
         if not upscaler.stochastic:

@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from upscale_cli.archs.catalog import DEFAULT_STYLIZER
-from upscale_cli.cli.batch import Reporter, check_output_usage, expand_inputs, load_model_for_cli, output_options
+from upscale_cli.cli.batch import check_output_usage, load_model_for_cli, output_options, start_batch
 from upscale_cli.cli.common import run_guarded
 from upscale_cli.cli.progress import BatchProgress
 
@@ -39,10 +39,7 @@ def _run(opts: dict[str, Any]) -> int:
     check_output_usage(opts)
     if "-" in opts["inputs"]:
         raise click.UsageError("stylize reads files, not stdin: give CONTENT files or folders")
-    jobs, outcomes = expand_inputs(opts["inputs"], opts["output"], opts["recursive"])
-    report = Reporter(opts)
-    for outcome in outcomes:
-        report.add(outcome)
+    jobs, report = start_batch(opts, opts["output"])
     if jobs:
         upscaler = load_model_for_cli(opts, report)
         if not any(extra.name == STYLE_INPUT for extra in (upscaler.descriptor.extra_inputs if upscaler.descriptor

@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from upscale_cli.cli.batch import (Job, Outcome, Reporter, check_output_usage, destination, existing_output,
-                                   expand_inputs, format_scale, load_model_for_cli, output_options, provenance,
+                                   format_scale, load_model_for_cli, output_options, provenance, start_batch,
                                    write_output)
 from upscale_cli.archs.base import RunOptions
 from upscale_cli.archs.catalog import DEFAULT_MODEL
@@ -77,10 +77,7 @@ def _run(opts: dict[str, Any]) -> int:
     opts["extras"] = extra_values(opts)
     if opts["scale"] is not None and (opts["width"] or opts["height"]):
         raise click.UsageError("give either --scale or --width/--height, not both")
-    jobs, outcomes = expand_inputs(opts["inputs"], opts["output"], opts["recursive"])
-    report = Reporter(opts)
-    for outcome in outcomes:
-        report.add(outcome)
+    jobs, report = start_batch(opts, opts["output"])
     if jobs:
         upscaler = load_model_for_cli(opts, report, opts["scale"], opts["tta"], opts["color_fix"])
         for flag in ("seed", "tau"):
