@@ -76,7 +76,9 @@ def test_training_settings_draw_what_they_promise() -> None:
     assert torch.equal(iso.noise, torch.zeros(8))
     torch.testing.assert_close(iso.kernels, iso.kernels.transpose(1, 2))  # isotropic: symmetric
     general = draw_degradations("general", 8, torch.Generator().manual_seed(0))
-    assert (general.noise > 0).all() and general.noise.max() <= 25
+    noisy = torch.tensor([True, True, False, False] * 2)  # every pairing of blur kind and noise
+    assert (general.noise[noisy] > 0).all() and general.noise.max() <= 25
+    assert torch.equal(general.noise[~noisy], torch.zeros(4, dtype=general.noise.dtype))
     symmetric = [bool(torch.allclose(k, k.T)) for k in general.kernels]
     assert symmetric[0::2] == [True] * 4 and not any(symmetric[1::2])
     assert ((general.width >= 0.2) & (general.width <= 4.0)).all()

@@ -166,8 +166,9 @@ def draw_degradations(setting: str, batch: int, generator: torch.Generator) -> D
 
     * `iso`: DASR's noise-free setting: isotropic sigma ~ U[0.2, 4.0], no noise;
     * `aniso_noise`: DASR's general setting: l1, l2 ~ U[0.2, 4.0], theta ~ U[0, pi), noise ~ U[0, 25];
-    * `general`: half of the batch each way, isotropic and anisotropic, all with noise ~ U[0, 25]:
-      real photos have both kinds of blur, and noise.
+    * `general`: half of the batch each way, isotropic and anisotropic, crossed with half noisy
+      (noise ~ U[0, 25]) and half clean: real photos have both kinds of blur, with noise or without, and
+      a blind model must not smear clean inputs as if they were noisy.
     """
     if setting not in SETTINGS:
         raise ValueError(f"unknown degradation setting {setting!r} (use {', '.join(SETTINGS)})")
@@ -182,4 +183,6 @@ def draw_degradations(setting: str, batch: int, generator: torch.Generator) -> D
     l2 = torch.where(isotropic, l1, l2)
     if setting == "iso":
         noise = torch.zeros(batch, dtype=torch.float64)
+    elif setting == "general":
+        noise = torch.where(torch.arange(batch) // 2 % 2 == 0, noise, 0.0)
     return DrawnDegradations(kernels_from(l1, l2, theta), noise, torch.sqrt(l1 * l2))
