@@ -167,3 +167,146 @@ def test_the_automatic_prior_keeps_tiled_equal_to_untiled(tmp_path) -> None:
     whole = upscaler.upscale(rgb, 104, 120, "none")
     tiled = upscaler.upscale(rgb, 104, 120, "12")
     torch.testing.assert_close(torch.from_numpy(tiled), torch.from_numpy(whole), atol=1e-5, rtol=0)
+
+
+# ----- the training recipe -------------------------------------------------------------------------------
+
+def sftgan_config(data, init="", **overrides):
+    from upscale_cli.train.config import TrainConfig, apply_settings
+
+    base = TrainConfig(model="sftgan", data=str(data), scale=4, iters=4, batch=2, patch=32, lr=1e-3, val_every=1000,
+                       log_every=1, precision="fp32", arch={"channels": 8, "blocks": 2}, seed=3, init=init)
+    return apply_settings(base, {"hold_fraction": 0.5, **overrides})
+
+
+def small_srresnet_checkpoint(path, prelu_slope: float | None = None):
+    """A small x4 SRResNet (8 channels, 2 blocks) with random BatchNorm statistics, saved as a checkpoint."""
+    from upscale_cli.archs.srresnet import SRResNet, SRResNetConfig
+    from upscale_cli.checkpoint import CheckpointInfo, config_dict, save_checkpoint
+
+    torch.manual_seed(1)
+    model = SRResNet(SRResNetConfig(channels=8, blocks=2)).eval()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.normal_()
+                module.running_var.uniform_(0.5, 2.0)
+                module.weight.normal_()
+                module.bias.normal_()
+            if isinstance(module, torch.nn.PReLU) and prelu_slope is not None:
+                module.weight.fill_(prelu_slope)
+    save_checkpoint(path, model, CheckpointInfo("srresnet", 4, config_dict(model.config), name="small_x4"))
+    return model
+
+
+def test_folding_batchnorm_into_a_convolution_gives_the_same_output() -> None:
+    from upscale_cli.train.recipes.sftgan import fold_batchnorm
+
+    torch.manual_seed(0)
+    conv, norm = torch.nn.Conv2d(4, 6, 3, padding=1), torch.nn.BatchNorm2d(6).eval()
+    with torch.no_grad():
+        norm.running_mean.normal_(), norm.running_var.uniform_(0.5, 2), norm.weight.normal_(), norm.bias.normal_()
+    weight, bias = fold_batchnorm(conv, norm)
+    x = torch.randn(2, 4, 7, 5)
+    torch.testing.assert_close(torch.nn.functional.conv2d(x, weight, bias, padding=1), norm(conv(x)))
+
+
+def test_the_generator_starts_from_srresnet_convolutions(tmp_path) -> None:
+    """With the SFT layers at the identity and SRResNet's PReLU slopes at 0 (a ReLU), each copied residual
+    block computes what SRResNet's block (conv, BN, activation, conv, BN, + input) computes."""
+    from upscale_cli.train.recipes.sftgan import copy_srresnet_convolutions
+
+    source = small_srresnet_checkpoint(tmp_path / "small_x4.safetensors", prelu_slope=0.0)
+    target = SFTGAN(SFTGANConfig(channels=8, blocks=2))
+    copied = copy_srresnet_convolutions(target, tmp_path / "small_x4.safetensors")
+    assert "blocks.1.conv2.weight" in copied and "upsample.3.bias" in copied and "head.weight" not in copied
+    with torch.no_grad():
+        for layer in [m for m in target.modules() if isinstance(m, SFTLayer)]:
+            for branch in (layer.gamma, layer.beta):
+                branch[2].weight.zero_(), branch[2].bias.zero_()  # pytorch variant: F * (0 + 1) + 0
+    features, condition = torch.randn(1, 8, 6, 6), torch.randn(1, 32, 6, 6)
+    for block, reference in zip(target.blocks, source.trunk):
+        torch.testing.assert_close(block(features, condition), reference(features), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="need an srresnet"):
+        copy_srresnet_convolutions(target, save_sft(tmp_path, target))
+
+
+def save_sft(tmp_path, model):
+    from upscale_cli.checkpoint import CheckpointInfo, config_dict, save_checkpoint
+
+    path = tmp_path / "sft_x4.safetensors"
+    save_checkpoint(path, model, CheckpointInfo("sftgan", 4, config_dict(model.config), name="sft_x4"))
+    return path
+
+
+def test_patches_carry_the_crop_of_their_whole_images_prior(tmp_path) -> None:
+    """Images exactly one patch in size: each patch is its image turned or flipped, and its prior is the
+    whole image's automatic prior (from the whole LR) turned alike, to the 8-bit storage's precision."""
+    from PIL import Image
+
+    from conftest import smooth_image
+    from upscale_cli.archs.sftgan import estimate_prior
+    from upscale_cli.resize import imresize, quantize
+    from upscale_cli.train.recipes.sftgan import SemanticPatches
+
+    folder = tmp_path / "patches"
+    folder.mkdir()
+    images = [smooth_image(32, 32, i) for i in range(2)]
+    for i, image in enumerate(images):
+        Image.fromarray(image).save(folder / f"{i}.png")
+    batch = SemanticPatches([folder], 32, 4, 6, seed=0).next_batch()
+    assert batch.extras["prior"].shape == (6, len(CLASSES), 32, 32)
+    torch.testing.assert_close(batch.extras["prior"].sum(dim=1), torch.ones(6, 32, 32))
+    for hr, prior in zip(batch.hr, batch.extras["prior"]):
+        matched = False
+        for image in images:
+            whole = torch.from_numpy(image.transpose(2, 0, 1).copy()).float().div(255)
+            whole_prior = estimate_prior(quantize(imresize(whole[None], scale=1 / 4)))[0]
+            for flip in (False, True):
+                for turns in range(4):
+                    def view(x):
+                        return torch.rot90(x.flip(-1) if flip else x, turns, dims=(-2, -1))
+                    if torch.equal(view(whole), hr):
+                        torch.testing.assert_close(view(whole_prior), prior, atol=3 / 255, rtol=0)
+                        matched = True
+        assert matched
+
+
+def test_training_holds_the_copied_convolutions_then_trains_them_with_a_class_head(image_folder, tmp_path) -> None:
+    import json
+
+    from upscale_cli.train.loop import Trainer
+
+    small_srresnet_checkpoint(tmp_path / "small_x4.safetensors")
+    config = sftgan_config(image_folder, init=str(tmp_path / "small_x4.safetensors"), hold_fraction=0.5)
+    trainer = Trainer(config, tmp_path / "run", "test")
+    recipe = trainer.recipe
+    assert recipe.discriminator.class_head is not None
+    named = dict(recipe.generator.named_parameters())
+    start = {name: p.detach().clone() for name, p in named.items()}
+    held = []
+    original = recipe.train_step
+
+    def step_and_look(batch, step, autocast):
+        result = original(batch, step, autocast)
+        held.append(torch.equal(named["blocks.0.conv1.weight"], start["blocks.0.conv1.weight"]))
+        return result
+
+    recipe.train_step = step_and_look
+    trainer.run()
+    assert held == [True, True, False, False]  # hold_fraction 0.5 of 4 steps
+    assert not torch.equal(named["blocks.0.sft1.gamma.0.weight"], start["blocks.0.sft1.gamma.0.weight"])
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    steps = [record for record in log if "d_loss" in record]
+    assert len(steps) == 4 and all("g_class" in record and "d_class" in record for record in steps)
+
+
+def test_a_patch_is_of_its_most_probable_class_and_background_patches_of_none() -> None:
+    from upscale_cli.train.recipes.sftgan import patch_category
+
+    prior = torch.zeros(3, len(CLASSES), 4, 4)
+    prior[0, CLASSES.index("sky")] = 1
+    prior[1, CLASSES.index("background")] = 1
+    prior[2, CLASSES.index("plant"), :3] = 1  # three rows of plant, one of water
+    prior[2, CLASSES.index("water"), 3:] = 1
+    assert patch_category(prior).tolist() == [CLASSES.index("sky"), -1, CLASSES.index("plant")]

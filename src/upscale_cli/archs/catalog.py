@@ -35,7 +35,7 @@ CATALOG: tuple[CatalogEntry, ...] = (
                  "DASR, blind SR for blurry, noisy photos, degradation learned contrastively (Wang et al. 2021)",
                  "upscale_cli.train.recipes.dasr"),
     CatalogEntry("sftgan", "sftgan", "upscale_cli.archs.sftgan",
-                 "SFT-GAN, textures steered by a semantic prior (Wang et al. 2018)"),
+                 "SFT-GAN, textures steered by a semantic prior (Wang et al. 2018)", "upscale_cli.train.recipes.sftgan"),
     CatalogEntry("artflow", "artflow", "upscale_cli.archs.artflow",
                  "ArtFlow, style transfer through a reversible flow that loses no content (An et al. 2021)"),
 )

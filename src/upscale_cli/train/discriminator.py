@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -11,15 +12,24 @@ from torch import nn
 _CONV_PLAN = ((64, 1), (64, 2), (128, 1), (128, 2), (256, 1), (256, 2), (512, 1), (512, 2))
 
 
+class Judgement(NamedTuple):
+    """What the discriminator says of a batch: real-vs-generated logits (B,), its feature maps (for feature
+    matching) and, with a class head, logits over the image categories (B, classes), else None."""
+
+    logit: torch.Tensor
+    maps: list[torch.Tensor]
+    classes: torch.Tensor | None
+
+
 class Discriminator(nn.Module):
     """Eight conv-BN-LReLU layers (no BN on the first), dense 1024, LReLU, dense 1 (a logit).
 
     With `patch` given the features are flattened as in the paper (512 x patch/16 x patch/16);
-    with `patch=None` they are averaged globally, so any input size works.
-    `forward` returns the logit and the list of intermediate feature maps (for feature matching).
+    with `patch=None` they are averaged globally, so any input size works. With `classes` > 0 a second
+    head of the same shape classifies the image's category (SFT-GAN's auxiliary head, AC-GAN style).
     """
 
-    def __init__(self, patch: int | None = 96, width: int = 64) -> None:
+    def __init__(self, patch: int | None = 96, width: int = 64, classes: int = 0) -> None:
         super().__init__()
         layers = []
         channels_in = 3
@@ -34,15 +44,22 @@ class Discriminator(nn.Module):
         self.features = nn.ModuleList(layers)
         self.pool = nn.Identity() if patch else nn.AdaptiveAvgPool2d(1)
         flat = channels_in * ((patch // 16) ** 2 if patch else 1)
-        self.head = nn.Sequential(nn.Flatten(), nn.Linear(flat, 1024), nn.LeakyReLU(0.2), nn.Linear(1024, 1))
 
-    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        def head(outputs: int) -> nn.Sequential:
+            return nn.Sequential(nn.Flatten(), nn.Linear(flat, 1024), nn.LeakyReLU(0.2), nn.Linear(1024, outputs))
+
+        self.head = head(1)
+        self.class_head = head(classes) if classes else None
+
+    def forward(self, image: torch.Tensor) -> Judgement:
         maps = []
         x = image
         for layer in self.features:
             x = layer(x)
             maps.append(x)
-        return self.head(self.pool(x)).squeeze(1), maps
+        pooled = self.pool(x)
+        classes = self.class_head(pooled) if self.class_head is not None else None
+        return Judgement(self.head(pooled).squeeze(1), maps, classes)
 
 
 # torchvision's VGG19 `features` indices: convolutions, with ReLU after each and max-pools between blocks.

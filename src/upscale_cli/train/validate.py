@@ -12,22 +12,29 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from upscale_cli.archs import get_architecture
 from upscale_cli.bench.quality import ImagePair, evaluate, load_pairs
 from upscale_cli.train.config import TrainConfig
 
 
-def make_validator(config: TrainConfig) -> Callable[[nn.Module], dict[str, Any]] | None:
-    """A function scoring a generator on `config.val` in fp32 on its own device, or None without a val folder."""
+def make_validator(config: TrainConfig, arch_id: str) -> Callable[[nn.Module], dict[str, Any]] | None:
+    """A function scoring a generator on `config.val` in fp32 on its own device, or None without a val folder.
+    Inputs besides the image that the architecture computes for itself (an automatic prior) are passed."""
     if not config.val:
         return None
     pairs = load_pairs(Path(config.val), config.scale)
+    computed = [extra for extra in get_architecture(arch_id).extra_inputs if extra.default is not None]
 
     @torch.no_grad()
     def validate(model: nn.Module) -> dict[str, Any]:
         model.eval()
         device = next(model.parameters()).device
-        result = evaluate(lambda lr: model(lr[None].to(device).contiguous())[0].float().cpu(), pairs, config.scale)
-        return dict(result["mean"])
+
+        def run(lr: torch.Tensor) -> torch.Tensor:
+            image = lr[None].to(device).contiguous()
+            return model(image, **{extra.name: extra.default(image) for extra in computed})[0].float().cpu()
+
+        return dict(evaluate(run, pairs, config.scale)["mean"])
 
     return validate
 

@@ -64,7 +64,7 @@ class Recipe(ABC):
         """PSNR-Y and friends of the generator on `config.val` (override for other figures); None without one."""
         from upscale_cli.train.validate import make_validator
 
-        return make_validator(self.config)
+        return make_validator(self.config, self.arch_id)
 
     @abstractmethod
     def train_step(self, batch: Batch, step: int, autocast: AutocastFactory) -> dict[str, float]:
