@@ -37,7 +37,8 @@ CATALOG: tuple[CatalogEntry, ...] = (
     CatalogEntry("sftgan", "sftgan", "upscale_cli.archs.sftgan",
                  "SFT-GAN, textures steered by a semantic prior (Wang et al. 2018)", "upscale_cli.train.recipes.sftgan"),
     CatalogEntry("artflow", "artflow", "upscale_cli.archs.artflow",
-                 "ArtFlow, style transfer through a reversible flow that loses no content (An et al. 2021)"),
+                 "ArtFlow, style transfer through a reversible flow that loses no content (An et al. 2021)",
+                 "upscale_cli.train.recipes.artflow"),
 )
 
 DEFAULT_MODEL = "srgan"  # what `upscale` runs without --model
