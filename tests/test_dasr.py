@@ -206,3 +206,7 @@ def test_a_run_may_start_from_another_runs_encoder(image_folder, tmp_path) -> No
         assert torch.equal(recipe.generator.encoder.state_dict()[name], tensor)
         assert torch.equal(recipe.key_encoder.state_dict()[name], tensor)  # the keys start from it too
     assert recipe.generator.config.groups == 2  # its own G
+    same = make_recipe(dasr_config(image_folder, init=str(path), encoder_fraction=0.0,
+                                   arch={"channels": 16, "groups": 1, "blocks": 2}), lambda module: module)
+    for name, tensor in first.state_dict().items():  # the same G configuration: all of it continues
+        assert torch.equal(same.generator.state_dict()[name], tensor), name

@@ -14,7 +14,8 @@
   contrastive loss alone, at `encoder_lr` (1e-3 in the paper) with a cosine decay; G is frozen (and
   left out of DDP). Stage 2: L1(SR, HR) + `contrast_weight` x InfoNCE on everything, at `lr` with the
   shared warm-up/cosine schedule over the remaining steps. `encoder_fraction=1` is a stage-1 run alone,
-  whose encoder a later run takes with `--init` (any G configuration; `encoder_fraction=0` there).
+  whose encoder a later run takes with `--init` (any G configuration; `encoder_fraction=0` there);
+  `--init` with an exported model of the same G configuration continues all of it.
 * The probe learns, from the representation detached, the blur width / 4 and noise level / 25 with an
   MSE: it never shapes the encoder.
 * Validation: Set5 HR (the val folder's HR; its LR files are not used) degraded by each of
@@ -114,7 +115,7 @@ class DASRRecipe(Recipe):
         torch.manual_seed(config.seed)
         self.generator = DASR(self.arch_config).to(context.device).train()
         if config.init:
-            load_encoder(self.generator, Path(config.init))
+            load_start(self.generator, Path(config.init))
         self.head = projection_head().to(context.device)
         self.key_encoder = copy.deepcopy(self.generator.encoder).requires_grad_(False)
         self.key_head = copy.deepcopy(self.head).requires_grad_(False)
@@ -230,12 +231,16 @@ class DASRRecipe(Recipe):
         self.schedule.load_state_dict(state["schedule"])
 
 
-def load_encoder(model: DASR, path: Path) -> None:
-    """Start the degradation encoder and the probe from another DASR checkpoint's (a stage-1 run, say: its
-    G may have any configuration). The projection head starts afresh."""
+def load_start(model: DASR, path: Path) -> None:
+    """Start from another DASR checkpoint: its degradation encoder and probe always (a stage-1 run's: its G
+    may have any configuration), and its whole G too when G's configuration is this run's (continuing an
+    exported model with fresh optimiser state). The projection head starts afresh."""
     source, info = load_model(path)
     if info.arch != "dasr":
-        raise ValueError(f"{path}: is {info.arch}, not a dasr checkpoint to take the encoder from")
+        raise ValueError(f"{path}: is {info.arch}, not a dasr checkpoint to start from")
+    if source.config == model.config:
+        model.load_state_dict(source.state_dict())
+        return
     model.encoder.load_state_dict(source.encoder.state_dict())
     model.probe.load_state_dict(source.probe.state_dict())
 
