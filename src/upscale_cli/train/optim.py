@@ -28,3 +28,15 @@ def adam_with_schedule(params: Any, lr: float, config: TrainConfig) -> tuple[tor
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, cosine_lambda(config.iters, config.warmup, config.lr_floor))
     return optimizer, schedule
+
+
+def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, schedule: Any,
+                   parameters: Any = None, grad_clip: float = 0.0) -> None:
+    """One update: zero the gradients, backpropagate `loss`, clip `parameters`' gradient norm to
+    `grad_clip` (when > 0), step the optimiser, then its learning-rate schedule."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(parameters, grad_clip)
+    optimizer.step()
+    schedule.step()

@@ -34,7 +34,7 @@ from upscale_cli.resize import imresize
 from upscale_cli.train.config import TrainConfig
 from upscale_cli.train.data import Batch, PatchSampler, data_folders, list_images, load_rgb_u8
 from upscale_cli.train.discriminator import VGG19Features
-from upscale_cli.train.optim import adam_with_schedule
+from upscale_cli.train.optim import adam_with_schedule, optimizer_step
 from upscale_cli.train.recipes import AutocastFactory, Recipe, RecipeSpec, TrainContext, Validator
 
 LOSS_NETS = ("stvgg", "random", "vgg19")
@@ -198,12 +198,7 @@ class ArtFlowRecipe(Recipe):
         output = self.net(batch.lr, batch.extras["style"])
         terms = self.losses(output, batch.lr, batch.extras["style"])
         loss = options.content_weight * terms["content"] + options.style_weight * terms["style"]
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.config.grad_clip > 0:
-            nn.utils.clip_grad_norm_(self.net.parameters(), self.config.grad_clip)
-        self.optimizer.step()
-        self.schedule.step()
+        optimizer_step(loss, self.optimizer, self.schedule, self.net.parameters(), self.config.grad_clip)
         return {"loss": loss.item(), **{name: value.item() for name, value in terms.items()}}
 
     def batches(self, seed: int) -> StylePairs:

@@ -43,7 +43,7 @@ from upscale_cli.metrics import sr_figures
 from upscale_cli.train.config import TrainConfig
 from upscale_cli.train.data import Batch, PatchSampler, data_folders
 from upscale_cli.train.losses import pixel_loss
-from upscale_cli.train.optim import cosine_lambda
+from upscale_cli.train.optim import cosine_lambda, optimizer_step
 from upscale_cli.train.recipes import AutocastFactory, Recipe, RecipeSpec, TrainContext, Validator
 
 
@@ -192,12 +192,7 @@ class DASRRecipe(Recipe):
             l1 = pixel_loss(self.config.loss, sr, batch.hr)
             loss = loss + l1
             figures["l1"] = l1.item()
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.config.grad_clip > 0:
-            nn.utils.clip_grad_norm_(self.query.parameters(), self.config.grad_clip)
-        self.optimizer.step()
-        self.schedule.step()
+        optimizer_step(loss, self.optimizer, self.schedule, self.query.parameters(), self.config.grad_clip)
         self._enqueue(keys)
         return {"loss": loss.item(), **figures}
 

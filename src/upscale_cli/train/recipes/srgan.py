@@ -22,7 +22,7 @@ from torch import nn
 from upscale_cli.train.config import TrainConfig
 from upscale_cli.train.discriminator import Discriminator, Judgement, VGG19Features
 from upscale_cli.train.losses import pixel_loss
-from upscale_cli.train.optim import adam_with_schedule
+from upscale_cli.train.optim import adam_with_schedule, optimizer_step
 from upscale_cli.train.recipes import AutocastFactory, Batch, Recipe, RecipeSpec, TrainContext
 from upscale_cli.train.recipes.srresnet import make_generator
 
@@ -128,10 +128,7 @@ class SRGANRecipe(Recipe):
         if real_class is not None and fake_class is not None:
             d_loss = d_loss + real_class + fake_class
             figures["d_class"] = real_class.item()
-        self.d_opt.zero_grad(set_to_none=True)
-        d_loss.backward()
-        self.d_opt.step()
-        self.d_schedule.step()
+        optimizer_step(d_loss, self.d_opt, self.d_schedule)
         accuracy = ((real.logit > 0).float().mean() + (fake.logit < 0).float().mean()).item() / 2
         # Generator step: fool the (updated) discriminator, match content. The unwrapped discriminator
         # is used so that DDP does not wait for discriminator gradients that this step does not make.
@@ -150,12 +147,7 @@ class SRGANRecipe(Recipe):
             figures["g_class"] = g_class.item()
         if gan.pixel_weight:
             g_loss = g_loss + gan.pixel_weight * pixel_loss(cfg.loss, sr, hr)
-        self.g_opt.zero_grad(set_to_none=True)
-        g_loss.backward()
-        if cfg.grad_clip > 0:
-            nn.utils.clip_grad_norm_(self.g_net.parameters(), cfg.grad_clip)
-        self.g_opt.step()
-        self.g_schedule.step()
+        optimizer_step(g_loss, self.g_opt, self.g_schedule, self.g_net.parameters(), cfg.grad_clip)
         return {"loss": g_loss.item(), "content": content.item(), "adv": adversarial.item(),
                 "d_loss": d_loss.item(), "d_acc": accuracy, **figures}
 

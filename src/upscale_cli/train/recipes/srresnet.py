@@ -6,13 +6,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from upscale_cli.archs.srresnet import SRResNet, SRResNetConfig
 from upscale_cli.checkpoint import load_model
 from upscale_cli.train.config import TrainConfig
 from upscale_cli.train.losses import pixel_loss
-from upscale_cli.train.optim import adam_with_schedule
+from upscale_cli.train.optim import adam_with_schedule, optimizer_step
 from upscale_cli.train.recipes import AutocastFactory, Batch, Recipe, RecipeSpec, TrainContext
 
 
@@ -41,12 +40,7 @@ class SRResNetRecipe(Recipe):
         with autocast():
             sr = self.net(batch.lr.contiguous(memory_format=torch.channels_last))
         loss = pixel_loss(self.config.loss, sr, batch.hr)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.config.grad_clip > 0:
-            nn.utils.clip_grad_norm_(self.net.parameters(), self.config.grad_clip)
-        self.optimizer.step()
-        self.schedule.step()
+        optimizer_step(loss, self.optimizer, self.schedule, self.net.parameters(), self.config.grad_clip)
         return {"loss": loss.item()}
 
     def current_lr(self) -> float:
