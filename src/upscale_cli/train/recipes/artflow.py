@@ -182,11 +182,14 @@ class ArtFlowRecipe(Recipe):
         self.initialised = False
 
     def losses(self, output: torch.Tensor, content: torch.Tensor, style: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The content and style terms, and (as `to_content_style`, for validation) the output's style
+        distance to the content image."""
         out_features = self.loss_net(output)
         with torch.no_grad():
             content_features, style_features = self.loss_net(content), self.loss_net(style)
+            to_content_style = style_distance(out_features, content_features)
         return {"content": F.mse_loss(out_features[-1].float(), content_features[-1].float()),
-                "style": style_distance(out_features, style_features)}
+                "style": style_distance(out_features, style_features), "to_content_style": to_content_style}
 
     def train_step(self, batch: Batch, step: int, autocast: AutocastFactory) -> dict[str, float]:
         if not self.initialised:  # the paper's first iteration: ActNorm from a content batch, no update
@@ -199,7 +202,7 @@ class ArtFlowRecipe(Recipe):
         terms = self.losses(output, batch.lr, batch.extras["style"])
         loss = options.content_weight * terms["content"] + options.style_weight * terms["style"]
         optimizer_step(loss, self.optimizer, self.schedule, self.net.parameters(), self.config.grad_clip)
-        return {"loss": loss.item(), **{name: value.item() for name, value in terms.items()}}
+        return {"loss": loss.item(), "content": terms["content"].item(), "style": terms["style"].item()}
 
     def batches(self, seed: int) -> StylePairs:
         config = self.config
@@ -248,14 +251,10 @@ def make_validator(recipe: ArtFlowRecipe) -> Validator:
         for content in contents:
             for style in styles:
                 c, s = content[None].to(device), style[None].to(device)
-                output = model(c, s)
-                terms = recipe.losses(output, c, s)
-                features = recipe.loss_net(output)
-                to_style = style_distance(features, recipe.loss_net(s)).item()
-                to_content = style_distance(features, recipe.loss_net(c)).item()
+                terms = recipe.losses(model(c, s), c, s)
                 content_losses.append(terms["content"].item())
                 style_losses.append(terms["style"].item())
-                closer.append(float(to_style < to_content))
+                closer.append(float(terms["style"].item() < terms["to_content_style"].item()))
         return {"content": sum(content_losses) / len(content_losses), "style": sum(style_losses) / len(style_losses),
                 "style_closer": sum(closer) / len(closer)}
 
