@@ -12,6 +12,7 @@ is closer.
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 from collections import OrderedDict
 from functools import lru_cache
@@ -111,3 +112,12 @@ def stlpips() -> STLPIPS | None:
     """The loaded metric (once per process), or None without the `perceptual` extra."""
     path = weights_path()
     return None if path is None else STLPIPS().load_released(path)
+
+
+def trainable_copy_or_error(purpose: str) -> STLPIPS:
+    """A private, frozen copy of the loaded network for a training loss (`purpose` names it in the error),
+    so that moving it to a device leaves the metric's shared instance alone; a ValueError without the extra."""
+    metric = stlpips()
+    if metric is None:
+        raise ValueError(f"{purpose} needs the perceptual extra: pip install 'upscale-cli[perceptual]'")
+    return copy.deepcopy(metric)

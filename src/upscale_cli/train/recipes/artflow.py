@@ -20,7 +20,6 @@
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -102,12 +101,9 @@ def loss_network(options: ArtFlowOptions) -> LossNetwork:
             start = end + 1
         return LossNetwork(nn.ModuleList(stages), _ImageNetNormalise())
     if options.loss_net == "stvgg":
-        from upscale_cli.perceptual import stlpips
+        from upscale_cli.perceptual import trainable_copy_or_error
 
-        metric = stlpips()
-        if metric is None:
-            raise ValueError("loss_net=stvgg needs the perceptual extra: pip install 'upscale-cli[perceptual]'")
-        net = copy.deepcopy(metric)
+        net = trainable_copy_or_error("loss_net=stvgg")
         stages = nn.ModuleList(getattr(net.net, f"slice{k}") for k in range(1, 5))
         return LossNetwork(stages, _LPIPSNormalise(net.shift, net.scale))
     if options.loss_net == "random":

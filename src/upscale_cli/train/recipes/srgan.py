@@ -10,7 +10,6 @@ per-channel weights, so the metric itself is not what is optimised). One D step 
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from dataclasses import dataclass
 from typing import Any
@@ -48,12 +47,9 @@ def content_network(content: str, vgg_weights: str) -> nn.Module | None:
     if content == "vgg":
         return VGG19Features.from_file(Path(vgg_weights))
     if content == "stvgg":
-        from upscale_cli.perceptual import stlpips
+        from upscale_cli.perceptual import trainable_copy_or_error
 
-        metric = stlpips()
-        if metric is None:
-            raise ValueError("content=stvgg needs the perceptual extra: pip install 'upscale-cli[perceptual]'")
-        return copy.deepcopy(metric)
+        return trainable_copy_or_error("content=stvgg")
     return None
 
 
