@@ -313,3 +313,28 @@ def test_benchmarks_and_training_read_images_as_upscale_does(tmp_path: Path) -> 
     assert torch.equal(pair.hr, torch.from_numpy(upright.transpose(2, 0, 1).copy()))
     sampler = PatchSampler(folder, 16, 4, 1, seed=0)
     assert torch.equal(sampler.images[0], torch.from_numpy((upright * 255).round().astype(np.uint8)).permute(2, 0, 1))
+
+
+def test_a_given_input_is_measured_beside_the_models_own_and_not_recorded(
+        image_folder: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """`--input prior=class:sky` adds a row for the model that takes a prior, computed with that prior (here it
+    differs from the automatic one), and leaves the models without one alone; nothing is recorded from it."""
+    from upscale_cli.archs.sftgan import SFTGAN, SFTGANConfig, SFTLayer
+    from upscale_cli.checkpoint import CheckpointInfo, config_dict, read_info, save_checkpoint
+
+    torch.manual_seed(0)
+    model = SFTGAN(SFTGANConfig(channels=8, blocks=1)).eval()
+    with torch.no_grad():
+        for layer in [m for m in model.modules() if isinstance(m, SFTLayer)]:
+            layer.beta[2].weight.normal_()  # a prior that moves the output
+    sft = tmp_path / "sft_x4.safetensors"
+    save_checkpoint(sft, model, CheckpointInfo("sftgan", 4, config_dict(model.config), name="sft_x4"))
+    data = quality_json(tmp_path, "--data", str(image_folder), "-m", str(tiny_checkpoint), "-m", str(sft),
+                        "--input", "prior=class:sky", "--record")
+    assert [r["model"] for r in data["results"]] == ["bicubic", "tiny_x4", "sft_x4", "sft_x4 prior=class:sky"]
+    assert row(data, "sft_x4 prior=class:sky")["inputs"] == {"prior": "class:sky"}
+    assert row(data, "sft_x4 prior=class:sky")["mean"]["psnr_y"] != row(data, "sft_x4")["mean"]["psnr_y"]
+    recorded = read_info(sft).metrics[image_folder.name]
+    assert recorded["psnr_y"] == pytest.approx(row(data, "sft_x4")["mean"]["psnr_y"])
+    result = invoke("quality", "--data", str(image_folder), "-m", str(tiny_checkpoint), "--input", "prior=class:sky")
+    assert result.exit_code == 2 and "no measured model takes --input prior" in result.output

@@ -10,14 +10,18 @@ from upscale_cli.archs.sftgan import CLASSES, SFTGAN, SFTGANConfig, SFTLayer, re
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.mark.parametrize(("variant", "expected"), [("pytorch", 1_833_763), ("paper", 1_612_195)])
-def test_both_variants_have_the_specs_parameter_counts(variant: str, expected: int) -> None:
+@pytest.mark.parametrize(("variant", "expected"), [("pytorch", 1_833_763), ("paper", 1_612_195),
+                                                  ("srresnet", 1_824_502)])
+def test_every_variant_has_its_parameter_count(variant: str, expected: int) -> None:
+    """Spec 4.2: 1.83 M and 1.61 M. The srresnet layout swaps the pytorch variant's ends (3x3 head 1,792;
+    3x3 64 -> 64 and 64 -> 3 tail 38,659) for SRResNet's 9x9 head (15,616) and tail (15,555), and adds 19
+    PReLU slopes: 1,833,763 - 40,451 + 31,171 + 19."""
     model = SFTGAN(SFTGANConfig(variant=variant))
-    assert sum(p.numel() for p in model.parameters()) == expected  # spec 4.2: 1.83 M and 1.61 M
+    assert sum(p.numel() for p in model.parameters()) == expected
     assert sum(p.numel() for p in model.condition.parameters()) == 70_176  # "incl. 70k for the condition network"
 
 
-@pytest.mark.parametrize("variant", ["pytorch", "paper"])
+@pytest.mark.parametrize("variant", ["pytorch", "paper", "srresnet"])
 def test_an_sft_layer_with_unit_gamma_and_zero_beta_is_the_identity(variant: str) -> None:
     layer = SFTLayer(16, variant)
     with torch.no_grad():
@@ -31,7 +35,7 @@ def test_an_sft_layer_with_unit_gamma_and_zero_beta_is_the_identity(variant: str
     assert not torch.equal(layer(features, condition), features)
 
 
-@pytest.mark.parametrize("variant", ["pytorch", "paper"])
+@pytest.mark.parametrize("variant", ["pytorch", "paper", "srresnet"])
 def test_a_prior_changed_in_a_region_changes_the_output_only_near_it(variant: str) -> None:
     torch.manual_seed(0)
     config = SFTGANConfig(channels=8, blocks=2, variant=variant)
@@ -217,18 +221,47 @@ def test_the_generator_starts_from_srresnet_convolutions(tmp_path) -> None:
     from upscale_cli.train.recipes.sftgan import copy_srresnet_convolutions
 
     source = small_srresnet_checkpoint(tmp_path / "small_x4.safetensors", prelu_slope=0.0)
-    target = SFTGAN(SFTGANConfig(channels=8, blocks=2))
+    target = SFTGAN(SFTGANConfig(channels=8, blocks=2, variant="pytorch"))
     copied = copy_srresnet_convolutions(target, tmp_path / "small_x4.safetensors")
     assert "blocks.1.conv2.weight" in copied and "upsample.3.bias" in copied and "head.weight" not in copied
-    with torch.no_grad():
-        for layer in [m for m in target.modules() if isinstance(m, SFTLayer)]:
-            for branch in (layer.gamma, layer.beta):
-                branch[2].weight.zero_(), branch[2].bias.zero_()  # pytorch variant: F * (0 + 1) + 0
+    identity_sft(target)
     features, condition = torch.randn(1, 8, 6, 6), torch.randn(1, 32, 6, 6)
     for block, reference in zip(target.blocks, source.trunk):
         torch.testing.assert_close(block(features, condition), reference(features), atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="need an srresnet"):
         copy_srresnet_convolutions(target, save_sft(tmp_path, target))
+
+
+def identity_sft(model: SFTGAN) -> None:
+    """Every SFT layer of a pytorch-convention model to F * (0 + 1) + 0."""
+    with torch.no_grad():
+        for layer in [m for m in model.modules() if isinstance(m, SFTLayer)]:
+            for branch in (layer.gamma, layer.beta):
+                branch[2].weight.zero_(), branch[2].bias.zero_()
+
+
+def test_the_srresnet_variant_starts_as_the_checkpoint_it_copies(tmp_path) -> None:
+    """Spec 4.3's start made exact: with its SFT layers at the identity, the srresnet variant copied from an
+    SRResNet (random BatchNorm statistics and PReLU slopes) gives that SRResNet's output, whatever the prior."""
+    from upscale_cli.train.recipes.sftgan import copy_srresnet_convolutions
+
+    source = small_srresnet_checkpoint(tmp_path / "small_x4.safetensors")
+    with torch.no_grad():
+        for module in source.modules():
+            if isinstance(module, torch.nn.PReLU):
+                module.weight.uniform_(-0.5, 1.0)
+    from upscale_cli.checkpoint import CheckpointInfo, config_dict, save_checkpoint
+
+    save_checkpoint(tmp_path / "small_x4.safetensors", source, CheckpointInfo("srresnet", 4, config_dict(source.config)))
+    target = SFTGAN(SFTGANConfig(channels=8, blocks=2, variant="srresnet")).eval()
+    copied = set(copy_srresnet_convolutions(target, tmp_path / "small_x4.safetensors"))
+    assert {name for name, _ in target.named_parameters()} - copied == {
+        name for name, _ in target.named_parameters() if ".sft" in name or "trunk_sft" in name or "condition" in name}
+    identity_sft(target)
+    lr = torch.rand(1, 3, 12, 10)
+    prior = torch.softmax(torch.randn(1, len(CLASSES), 48, 40), dim=1)
+    with torch.no_grad():
+        torch.testing.assert_close(target(lr, prior), source(lr), atol=1e-5, rtol=1e-5)
 
 
 def save_sft(tmp_path, model):

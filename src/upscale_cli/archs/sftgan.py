@@ -14,6 +14,10 @@ Written from the paper and `shared/research/model_specs.md` section 4 (the offic
   variant has a ReLU after each SFT); SFT, conv, + F0; upsampling x2 twice (pytorch: conv to 4C, pixel
   shuffle, ReLU; paper: nearest x2, conv, ReLU); conv, ReLU, conv to RGB. No normalisation.
   Parameters: 1.83 M (pytorch) and 1.61 M (paper) at 64 channels and 16 blocks.
+* `variant="srresnet"`: the pytorch variant laid out on our SRResNet's shapes (9x9 head + PReLU, PReLU
+  after each block's first conv and each pixel shuffle, one 9x9 conv to RGB), so that spec 4.3's start
+  from a trained SR generator is exact: with every SFT at the identity, it computes what the srresnet/srgan
+  checkpoint it was copied from computes (BatchNorm folded in). 1.82 M parameters.
 
 Images are RGB in [0, 1]; the prior is the extra input `prior` at the output's size, which the tiler
 crops, pads and turns with the image.
@@ -32,7 +36,7 @@ from upscale_cli.archs.base import AT_OUTPUT, ExtraInput, ModelDescriptor
 
 CLASSES = ("background", "sky", "water", "grass", "mountain", "building", "plant", "animal")
 CONDITION_CHANNELS = 32
-VARIANTS = ("pytorch", "paper")
+VARIANTS = ("pytorch", "paper", "srresnet")
 
 
 @dataclass(frozen=True)
@@ -40,7 +44,7 @@ class SFTGANConfig:
     scale: int = 4
     channels: int = 64
     blocks: int = 16
-    variant: str = "pytorch"
+    variant: str = "srresnet"  # the one shipped: see the module docstring
 
     def __post_init__(self) -> None:
         if self.scale != 4:
@@ -70,8 +74,8 @@ class SFTLayer(nn.Module):
 
     def __init__(self, channels: int, variant: str) -> None:
         super().__init__()
-        slope = 0.1 if variant == "pytorch" else 0.01
-        self.offset = 1.0 if variant == "pytorch" else 0.0
+        slope = 0.01 if variant == "paper" else 0.1
+        self.offset = 0.0 if variant == "paper" else 1.0
 
         def branch() -> nn.Sequential:
             return nn.Sequential(nn.Conv2d(CONDITION_CHANNELS, CONDITION_CHANNELS, 1), nn.LeakyReLU(slope),
@@ -83,6 +87,11 @@ class SFTLayer(nn.Module):
         return features * (self.gamma(condition) + self.offset) + self.beta(condition)
 
 
+def activation(variant: str) -> nn.Module:
+    """ReLU, or SRResNet's PReLU (one learned slope) in the srresnet variant."""
+    return nn.PReLU() if variant == "srresnet" else nn.ReLU()
+
+
 class SFTBlock(nn.Module):
     """SFT, conv, ReLU, SFT, conv, + input (the paper variant: a ReLU after each SFT instead)."""
 
@@ -91,13 +100,14 @@ class SFTBlock(nn.Module):
         self.sft1, self.sft2 = SFTLayer(channels, variant), SFTLayer(channels, variant)
         self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
         self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.act = activation(variant)
         self.paper = variant == "paper"
 
     def forward(self, x: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
         if self.paper:
-            h = self.conv1(F.relu(self.sft1(x, condition)))
-            return x + self.conv2(F.relu(self.sft2(h, condition)))
-        h = F.relu(self.conv1(self.sft1(x, condition)))
+            h = self.conv1(self.act(self.sft1(x, condition)))
+            return x + self.conv2(self.act(self.sft2(h, condition)))
+        h = self.act(self.conv1(self.sft1(x, condition)))
         return x + self.conv2(self.sft2(h, condition))
 
 
@@ -109,18 +119,20 @@ class SFTGAN(nn.Module):
         c = config.channels
         self.config = config
         self.condition = ConditionNetwork()
-        self.head = nn.Conv2d(3, c, 3, padding=1)
+        srresnet = config.variant == "srresnet"
+        self.head = nn.Sequential(nn.Conv2d(3, c, 9, padding=4), nn.PReLU()) if srresnet else nn.Conv2d(3, c, 3, padding=1)
         self.blocks = nn.ModuleList(SFTBlock(c, config.variant) for _ in range(config.blocks))
         self.trunk_sft = SFTLayer(c, config.variant)
         self.trunk_conv = nn.Conv2d(c, c, 3, padding=1)
         stages: list[nn.Module] = []
         for _ in range(2):
-            if config.variant == "pytorch":
-                stages += [nn.Conv2d(c, 4 * c, 3, padding=1), nn.PixelShuffle(2), nn.ReLU()]
-            else:
+            if config.variant == "paper":
                 stages += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c, c, 3, padding=1), nn.ReLU()]
+            else:
+                stages += [nn.Conv2d(c, 4 * c, 3, padding=1), nn.PixelShuffle(2), activation(config.variant)]
         self.upsample = nn.Sequential(*stages)
-        self.tail = nn.Sequential(nn.Conv2d(c, c, 3, padding=1), nn.ReLU(), nn.Conv2d(c, 3, 3, padding=1))
+        self.tail = nn.Conv2d(c, 3, 9, padding=4) if srresnet else nn.Sequential(
+            nn.Conv2d(c, c, 3, padding=1), nn.ReLU(), nn.Conv2d(c, 3, 3, padding=1))
 
     def forward(self, lr: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
         if tuple(prior.shape[-2:]) != (4 * lr.shape[-2], 4 * lr.shape[-1]):
@@ -137,8 +149,10 @@ class SFTGAN(nn.Module):
 def receptive_radius(config: SFTGANConfig) -> int:
     """LR pixels on each side that can change one output pixel: the head 1, 2 per block, the trunk conv 1,
     the upsampler's convs 1 + 1 (at LR and 2x LR, counted whole) and the tail's 2 at 4x (1 LR px); the
-    prior's condition is per LR pixel (4x4 cells, then 1x1 convs) and adds nothing."""
-    return 1 + 2 * config.blocks + 1 + 2 + 1
+    srresnet variant's 9x9 head adds 3 and its 9x9 tail 4 HR px (1 LR px, as before). The prior's condition
+    is per LR pixel (4x4 cells, then 1x1 convs) and adds nothing."""
+    head = 4 if config.variant == "srresnet" else 1
+    return head + 2 * config.blocks + 1 + 2 + 1
 
 
 DESCRIPTOR = ModelDescriptor(

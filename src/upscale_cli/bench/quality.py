@@ -12,7 +12,7 @@ import math
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 
@@ -243,24 +243,29 @@ def score_draws(draw: Callable[[torch.Tensor], list[torch.Tensor]], pairs: list[
 
 def evaluate_upscaler(upscaler: Any, pairs: list[ImagePair], scale: int, tile: str = "auto",
                       taus: tuple[float, ...] = (), samples: int = DEFAULT_SAMPLES,
-                      seed: int = 0) -> list[dict[str, Any]]:
+                      seed: int = 0, inputs: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
     """Score a loaded `Upscaler` after one warm-up image: one result, or one per temperature if stochastic.
 
     A stochastic upscaler (`.stochastic`, `upscale(..., options=RunOptions(seed, tau))`) draws `samples` outputs per
     image with seeds `seed`, `seed + 1`, ...; figures are averaged over the samples. No `taus` means
-    the model's own default temperature.
+    the model's own default temperature. `inputs` are extra inputs as on the command line (name -> value),
+    read for each image's size; without them a model computes its own.
     """
     run = tensor_upscaler(upscaler, scale, tile)
+
+    def options(lr: torch.Tensor, seed: int = 0, tau: float | None = None) -> RunOptions:
+        return RunOptions(seed, tau, upscaler.load_extras(inputs or {}, *lr.shape[-2:]))
+
     with typed_errors(upscaler.name):
         if not upscaler.stochastic:
-            run(pairs[0].lr)
-            return [{"tau": None, "samples": 1, **score_draws(lambda lr: [run(lr)], pairs, scale)}]
+            run(pairs[0].lr, options(pairs[0].lr))
+            return [{"tau": None, "samples": 1, **score_draws(lambda lr: [run(lr, options(lr))], pairs, scale)}]
         results = []
         for tau in taus or (upscaler.default_tau,):
-            run(pairs[0].lr, RunOptions(seed, tau))
+            run(pairs[0].lr, options(pairs[0].lr, seed, tau))
 
             def draw(lr: torch.Tensor, tau: float = tau) -> list[torch.Tensor]:
-                return [run(lr, RunOptions(seed + i, tau)) for i in range(samples)]
+                return [run(lr, options(lr, seed + i, tau)) for i in range(samples)]
 
             results.append({"tau": tau, "samples": samples, **score_draws(draw, pairs, scale)})
         if upscaler.nll is not None:

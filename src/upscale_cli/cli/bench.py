@@ -73,6 +73,10 @@ def common_options(function: Callable[..., Any]) -> Callable[..., Any]:
               help="Also measure each model with `upscale --color-fix`, as MODEL+color-fix rows.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Draw PSNR-Y against output MP/s to this PNG (needs matplotlib: pip install 'upscale-cli[plot]').")
+@click.option("--input", "extra_inputs", multiple=True, metavar="NAME=VALUE",
+              help="Also measure each model that takes this extra input with it given, as a 'MODEL NAME=VALUE' "
+                   "row beside the model's own (e.g. --input prior=class:background: SFT-GAN without its "
+                   "automatic prior). Repeatable; all are given together.")
 @click.option("--record", is_flag=True,
               help="Store the fp32 figures (undegraded data) in each measured checkpoint's metadata, "
                    "where `upscale models` shows them.")
@@ -135,8 +139,19 @@ def super_resolution_only(upscalers: list[Any], error: Callable[[str], Exception
             raise error(f"{upscaler.name} is an {upscaler.task} model; this command measures super-resolution")
 
 
+def takes(upscaler: Any, inputs: dict[str, str]) -> bool:
+    """Whether the upscaler takes every one of these extra inputs from the command line."""
+    try:
+        upscaler.check_extra_names(inputs)
+    except ValueError:
+        return False
+    return True
+
+
 def _quality(opts: dict[str, Any]) -> int:
     from upscale_cli.bench.report import BenchError
+    from upscale_cli.cli.upscale import parse_inputs
+    from upscale_cli.errors import ExitCode
     from upscale_cli.bench.quality import (DEFAULT_SAMPLES, check_tile, evaluate_upscaler,
                                            load_dataset, open_upscaler, precisions_for)
     from upscale_cli.engine import variants
@@ -164,17 +179,22 @@ def _quality(opts: dict[str, Any]) -> int:
                  "are deterministic and are measured once per image")
     env = environment(upscalers[0].device)
     echo_err(f"measuring on {describe_environment(env)}")
+    inputs = parse_inputs(opts["extra_inputs"])
+    runs = [(upscaler, {}) for upscaler in upscalers] + [(u, inputs) for u in upscalers if inputs and takes(u, inputs)]
+    if inputs and len(runs) == len(upscalers):
+        raise BenchError(f"no measured model takes --input {', '.join(inputs)}", ExitCode.USAGE)
     rows = []
     for dataset in datasets:
-        for upscaler in upscalers:
+        for upscaler, given in runs:
+            label = " ".join([upscaler.name, *(f"{name}={value}" for name, value in given.items())])
             for result in evaluate_upscaler(upscaler, dataset.pairs, scale, opts["tile"],
                                             opts["taus"] or (), opts["samples"] or DEFAULT_SAMPLES,
-                                            opts["seed"]):
+                                            opts["seed"], given):
                 rows.append({"dataset": dataset.name, "folder": str(dataset.folder), "lr": dataset.lr_source,
-                             "lr_note": dataset.lr_note, "hr_lr_psnr": dataset.hr_lr_psnr, "model": upscaler.name,
+                             "lr_note": dataset.lr_note, "hr_lr_psnr": dataset.hr_lr_psnr, "model": label,
                              "model_path": str(upscaler.path) if upscaler.path else None,
                              "precision": upscaler.precision, "tta": upscaler.tta,
-                             "color_fix": upscaler.color_fix,
+                             "color_fix": upscaler.color_fix, "inputs": given,
                              "images_count": len(dataset.pairs), **result})
     print_table(quality_table(rows, scale))
     settings = {"data": list(opts["data"]), "models": models, "scale": scale,
@@ -209,7 +229,7 @@ def record_rows(rows: list[dict[str, Any]]) -> None:
     command = "upscale " + shlex.join(click.get_current_context().meta.get("argv", ["bench", "quality"]))
     for row in rows:
         undegraded = row["lr"].startswith("LR_x") or row["lr"] == "bicubic"
-        plain = not (row["tta"] or row["color_fix"])
+        plain = not (row["tta"] or row["color_fix"] or row["inputs"])
         if row["model_path"] is None or row["precision"] != "fp32" or not undegraded or not plain:
             continue
         figures = {**row["mean"], "images": row["images_count"], "lr_files": row["lr_note"], "command": command}

@@ -56,14 +56,20 @@ def upscale(**opts: Any) -> None:
     run_guarded(lambda: _run(opts), opts["verbose"])
 
 
-def extra_values(opts: dict[str, Any]) -> dict[str, str]:
-    """The extra inputs the options name: --input NAME=VALUE, and --seg / --seg-class for the prior."""
+def parse_inputs(items: tuple[str, ...]) -> dict[str, str]:
+    """`--input NAME=VALUE` items as name -> value."""
     values: dict[str, str] = {}
-    for item in opts["extra_inputs"]:
+    for item in items:
         name, sep, value = item.partition("=")
         if not sep or not name or not value:
             raise click.BadParameter(f"{item!r}: give NAME=VALUE", param_hint="--input")
         values[name] = value
+    return values
+
+
+def extra_values(opts: dict[str, Any]) -> dict[str, str]:
+    """The extra inputs the options name: --input NAME=VALUE, and --seg / --seg-class for the prior."""
+    values = parse_inputs(opts["extra_inputs"])
     for flag, value in (("seg", opts["seg"]), ("seg_class", opts["seg_class"] and f"class:{opts['seg_class']}")):
         if value:
             if "prior" in values:

@@ -5,10 +5,12 @@
   crops the HR and its prior together (flips and turns alike). The patch's category for the
   discriminator's class head is the prior's most probable class over the patch; background patches
   have none (ignored), as in BasicSR's recipe.
-* Generator start (`--init`, an srresnet or srgan checkpoint): the convolutions whose shapes match are
-  copied, with each one's BatchNorm folded into it (the residual blocks' two convs, the trunk conv, the
-  upsampler's two convs); the head and the tail (3x3 here, 9x9 in SRResNet), the SFT layers and the
-  condition network start afresh (Kaiming x 0.1, zero bias: spec 4.3).
+* Generator start (`--init`, an srresnet or srgan checkpoint): the layers whose shapes match are
+  copied, with each convolution's BatchNorm folded into it (the residual blocks' two convs, the trunk
+  conv, the upsampler's two convs; in the `srresnet` variant also the 9x9 head and tail and every PReLU
+  slope, so that it starts as the checkpoint does); the layers left (the SFT layers and the condition
+  network; in the other variants also their 3x3 head and tail) start afresh (Kaiming x 0.1, zero bias:
+  spec 4.3).
 * Optimiser (spec 4.3): the new layers learn at `new_lr_factor` x lr from the start; the copied
   convolutions are held (learning rate 0) for the first `hold_fraction` of the steps, then learn at lr.
 * Losses: the SRGAN recipe's (content, adversarial) plus the class head's cross-entropy on real and
@@ -93,19 +95,22 @@ def fold_batchnorm(conv: nn.Conv2d, norm: nn.Module) -> tuple[torch.Tensor, torc
 
 
 def copy_srresnet_convolutions(target: SFTGAN, path: Path) -> list[str]:
-    """Copy an srresnet/srgan checkpoint's convolutions into `target` where the shapes match (see the
-    module docstring); returns the target's parameter names that were set."""
+    """Copy an srresnet/srgan checkpoint's layers into `target` where the shapes match (see the module
+    docstring); returns the target's parameter names that were set."""
     source, info = load_model(path)
     if info.arch != "srresnet" or info.scale != 4:
         raise ValueError(f"{path}: is {info.arch} x{info.scale}, need an srresnet (or srgan) x4 checkpoint")
     if source.config.channels != target.config.channels or len(source.trunk) != len(target.blocks):
         raise ValueError(f"{path}: {source.config.channels} channels x {len(source.trunk)} blocks do not match "
                          f"sftgan's {target.config.channels} x {len(target.blocks)}")
+    variant = target.config.variant
     pairs = [(f"blocks.{i}.conv1", block.body[0], block.body[1]) for i, block in enumerate(source.trunk)]
     pairs += [(f"blocks.{i}.conv2", block.body[3], block.body[4]) for i, block in enumerate(source.trunk)]
     pairs.append(("trunk_conv", source.trunk_tail[0], source.trunk_tail[1]))
-    if target.config.variant == "pytorch":  # the paper variant's upsampler convs are 64 -> 64, not -> 256
+    if variant != "paper":  # the paper variant's upsampler convs are 64 -> 64, not -> 256
         pairs += [("upsample.0", source.upsample[0], nn.Identity()), ("upsample.3", source.upsample[3], nn.Identity())]
+    if variant == "srresnet":  # its 9x9 ends and PReLUs are SRResNet's own
+        pairs += [("head.0", source.head[0], nn.Identity()), ("tail", source.tail, nn.Identity())]
     modules = dict(target.named_modules())
     copied = []
     with torch.no_grad():
@@ -114,6 +119,12 @@ def copy_srresnet_convolutions(target: SFTGAN, path: Path) -> list[str]:
             modules[name].weight.copy_(weight)
             modules[name].bias.copy_(bias)
             copied += [f"{name}.weight", f"{name}.bias"]
+        if variant == "srresnet":
+            slopes = [("head.1", source.head[1]), ("upsample.2", source.upsample[2]), ("upsample.5", source.upsample[5])]
+            slopes += [(f"blocks.{i}.act", block.body[2]) for i, block in enumerate(source.trunk)]
+            for name, prelu in slopes:
+                modules[name].weight.copy_(prelu.weight)
+                copied.append(f"{name}.weight")
     return copied
 
 
