@@ -160,6 +160,42 @@ def test_stylize_makes_every_content_in_every_style(tmp_path, tiny_checkpoint) -
     assert result.exit_code == 2 and "takes no style image" in result.output
 
 
+def test_stylize_method_picks_the_transfer_and_size_resizes_the_content_first(tmp_path) -> None:
+    """--method wct on AdaIN weights gives what a WCT model with the same weights gives; --size N makes
+    the content's shorter side N px before stylising; both are recorded in the provenance tag."""
+    from dataclasses import asdict, replace
+
+    import numpy as np
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from conftest import smooth_image
+    from upscale_cli.checkpoint import CheckpointInfo, save_checkpoint
+    from upscale_cli.cli import cli
+    from upscale_cli.image_io import software_tag
+
+    flow = model(flows=1)
+    path = tmp_path / "style_x1.safetensors"
+    save_checkpoint(path, flow, CheckpointInfo("artflow", 1, asdict(flow.config), name="style_x1"))
+    Image.fromarray(smooth_image(24, 32, 0)).save(tmp_path / "c.png")
+    Image.fromarray(smooth_image(20, 20, 5)).save(tmp_path / "s.png")
+    args = ["stylize", str(tmp_path / "c.png"), "--style", str(tmp_path / "s.png"), "-m", str(path), "-q"]
+    for method in ("adain", "wct"):
+        result = CliRunner().invoke(cli, [*args, "--method", method, "-o", str(tmp_path / f"{method}.png")])
+        assert result.exit_code == 0, result.output
+    wct = ArtFlow(replace(flow.config, transfer="wct")).eval()
+    wct.load_state_dict(flow.state_dict())
+    read = lambda p: torch.from_numpy(np.asarray(Image.open(p), dtype=np.float32) / 255).permute(2, 0, 1)[None]  # noqa: E731
+    with torch.no_grad():
+        expected = wct(read(tmp_path / "c.png"), read(tmp_path / "s.png")).clamp(0, 1)
+    assert (read(tmp_path / "wct.png") - expected).abs().max() <= 1 / 255 + 1e-6
+    assert not torch.equal(read(tmp_path / "wct.png"), read(tmp_path / "adain.png"))
+    assert "method wct" in software_tag(tmp_path / "wct.png")
+    result = CliRunner().invoke(cli, [*args, "--size", "12", "-o", str(tmp_path / "small.png")])
+    assert result.exit_code == 0, result.output
+    assert Image.open(tmp_path / "small.png").size == (16, 12)  # 32 x 24, shorter side to 12
+
+
 # ----- the training recipe -------------------------------------------------------------------------------
 
 def artflow_config(data, style, **overrides):

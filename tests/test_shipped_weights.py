@@ -3,6 +3,7 @@ behaviour each model promises on held-out images (Set5 with its official LR file
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,6 +30,9 @@ def test_shipped_checkpoint_records_how_it_was_made(key: tuple[str, int]) -> Non
     assert training["command"].startswith(f"upscale train --model {key[0]} ")
     assert training["iterations"] > 0 and training["hours"] > 0 and isinstance(training["seed"], int)
     datasets = {name.split("@")[0] for name in info.metrics}  # stochastic models: "Set5@tau0.8"
+    if key[1] == 1:  # style transfer: no HR to score against; its bar's figures instead
+        assert "Set14" in datasets, "figures are recorded by `python benchmarks/artflow_figures.py --record`"
+        return
     assert {"Set5", "Set14"} <= datasets, "figures are recorded by `upscale bench quality --record`"
 
 
@@ -92,9 +96,62 @@ def test_srflow_samples_clear_the_bar(set5: Any, set5_figures: dict[str, dict[st
     assert 0 <= cooler[0.0]["diversity"] < cooler[0.4]["diversity"] < srflow["diversity"]
 
 
-# ----- DASR: the bar of issue #23, on Set14 with LR made by the degradation module ------------------
+# ----- SFT-GAN: the bar of issue #24, on Set5 and Set14 (official LR) -----------------------------------
 
 SET14 = SHARED / "data" / "val" / "Set14"
+
+
+@pytest.mark.skipif({("srgan", 4), ("sftgan", 4)} - set(SHIPPED) or not (SET14 / "LR_x4").is_dir(),
+                    reason="sftgan_x4 or srgan_x4 is not shipped, or Set14 is not present")
+@pytest.mark.parametrize("folder", [SET5, SET14], ids=lambda f: f.name)
+def test_sftgan_is_above_bicubic_as_sharp_as_srgan_and_perceptually_closer(folder: Any) -> None:
+    from upscale_cli.perceptual import weights_path
+
+    dataset = load_dataset(folder, 4)
+    figures = {name: measure(name, dataset, ())[None] for name in ("bicubic", "srgan", "sftgan")}
+    sftgan, srgan = figures["sftgan"], figures["srgan"]
+    assert sftgan["psnr_y"] > figures["bicubic"]["psnr_y"]
+    assert sftgan["sharpness"] >= srgan["sharpness"]
+    if weights_path() is not None:  # the perceptual extra (in `test`) gives the ST-LPIPS figure
+        assert sftgan["stlpips"] < srgan["stlpips"]
+
+
+# ----- ArtFlow: the bar of issue #25 ------------------------------------------------------------------
+
+STYLES = SHARED / "data" / "style"
+
+
+@pytest.mark.skipif(("artflow", 1) not in SHIPPED or not (SET14 / "HR").is_dir() or not STYLES.is_dir(),
+                    reason="artflow is not shipped, or Set14 or the style paintings are not present")
+def test_artflow_round_trips_and_moves_towards_every_style() -> None:
+    """One Set14 photo at 128 px with each painting: styled with itself it comes back, C -> S -> C comes
+    back (>= 40 dB), and the output's style statistics lie nearer the painting's than the photo's."""
+    import sys
+
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from artflow_figures import closer, load_resized, psnr_rgb, stylise
+
+    from upscale_cli.checkpoint import load_model
+    from upscale_cli.train.data import list_images
+    from upscale_cli.train.recipes.artflow import ArtFlowOptions, loss_network
+
+    model, _ = load_model(SHIPPED[("artflow", 1)])
+    content = load_resized(sorted(list_images(SET14 / "HR"))[2], 128)
+    nets = {"stvgg": loss_network(ArtFlowOptions(loss_net="stvgg"))}
+    with torch.no_grad():
+        own = model.image_statistics(content)
+        assert psnr_rgb(stylise(model, content, own), content) >= 40
+        for path in list_images(STYLES):
+            style = load_resized(path, 128)
+            styled = stylise(model, content, model.image_statistics(style))
+            assert psnr_rgb(stylise(model, styled, own), content) >= 40, path.name
+            assert closer(nets, styled, content, style)["stvgg"]["closer"], path.name
+
+
+# ----- DASR: the bar of issue #23, on Set14 with LR made by the degradation module ------------------
+
 DASR_SHIPPED = {("dasr", 4), ("srresnet", 4)} <= set(SHIPPED)
 needs_dasr = pytest.mark.skipif(not DASR_SHIPPED or not (SET14 / "HR").is_dir(),
                                 reason="dasr_x4 or srresnet_x4 is not shipped, or Set14 is not present")

@@ -34,11 +34,18 @@ def reference_input() -> np.ndarray:
     return read_image(ROOT / "examples" / "baboon_lr.png").rgb[20:52, 60:100]
 
 
+KERNEL_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile")  # what picks oneDNN's convolution kernels
+
+
 def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
+    """The CPU's model name and the vector extensions that decide which kernels run: one "AMD EPYC" name
+    covers AVX2-only and AVX-512 parts, whose fp32 convolutions round differently."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    lines = info.splitlines()
+    name = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")),
+                platform.processor())
+    flags = next((set(line.split(":", 1)[1].split()) for line in lines if line.startswith("flags")), set())
+    return f"{name} ({', '.join(f for f in KERNEL_FLAGS if f in flags)})"
 
 
 def main() -> None:

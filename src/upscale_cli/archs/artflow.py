@@ -19,6 +19,8 @@ exact. Images are RGB in [0, 1]; sides are padded to multiples of 4 (reflection)
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -215,6 +217,11 @@ def read_style(path: str) -> torch.Tensor:
 
 
 def make_runner(model: ArtFlow, device: torch.device, precision: str, options: RunOptions) -> ArtFlowRunner:
+    """The runner, with the transfer `options.method` names (AdaIN or WCT: the same weights serve both)."""
+    if options.method is not None and options.method != model.config.transfer:
+        other = copy.copy(model)  # shares the parameters; only the transfer differs
+        other.config = dataclasses.replace(model.config, transfer=options.method)
+        model = other
     return ArtFlowRunner(model, device, precision, options.strength)
 
 

@@ -67,13 +67,15 @@ class SizeRequirements:
 @dataclass(frozen=True)
 class RunOptions:
     """What one run of a model may be given besides the image: the sample's seed and temperature (stochastic
-    models; tau None is the model's default), the extra inputs by name, and how far a transfer goes
-    (`strength`, 0..1, for models that transfer statistics; others ignore it)."""
+    models; tau None is the model's default), the extra inputs by name, and, for models that transfer
+    statistics (others ignore both), how far the transfer goes (`strength`, 0..1) and which one it is
+    (`method`, None: the model's own)."""
 
     seed: int = 0
     tau: float | None = None
     extras: Mapping[str, torch.Tensor] = field(default_factory=dict)
     strength: float = 1.0
+    method: str | None = None
 
 
 RunnerFactory = Callable[["nn.Module", "torch.device", str, RunOptions], "TileRunner"]

@@ -214,7 +214,7 @@ def existing_output(path: Path | None, opts: dict[str, Any], made_by: str | None
 
 
 def provenance(upscaler: Any, width: int, height: int, seed: int, tau: float | None,
-               extras: dict[str, str] | None = None, strength: float = 1.0) -> str:
+               extras: dict[str, str] | None = None, strength: float = 1.0, method: str | None = None) -> str:
     """What made an output, for its Software tag: program, model (name, native scale, weights digest),
     output size, options (extra inputs as given) and precision and, for stochastic models, the seed and tau,
     so that the file itself says how to draw it again. ASCII only, as the tag demands (other characters are
@@ -226,6 +226,7 @@ def provenance(upscaler: Any, width: int, height: int, seed: int, tau: float | N
     parts += [name for name, chosen in (("tta", upscaler.tta), ("color-fix", upscaler.color_fix)) if chosen]
     parts += [f"input {name}={value}" for name, value in sorted((extras or {}).items())]
     parts += [f"strength {strength:g}"] if strength != 1.0 else []
+    parts += [f"method {method}"] if method else []
     parts.append(upscaler.precision)
     if upscaler.stochastic:
         parts += [f"seed {seed}", f"tau {tau:g}"]

@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from upscale_cli.archs.artflow import TRANSFERS
 from upscale_cli.archs.catalog import DEFAULT_STYLIZER
 from upscale_cli.cli.batch import check_output_usage, load_model_for_cli, output_options, start_batch
 from upscale_cli.cli.common import run_guarded
@@ -22,6 +23,12 @@ STYLE_INPUT = "style"  # the extra input a stylising model takes
               help="A style image (repeatable: every content image is made in every style).")
 @click.option("--strength", type=click.FloatRange(0, 1), default=1.0, show_default=True,
               help="How far to go: 0 keeps the content, 1 takes the style's statistics in full.")
+@click.option("--method", type=click.Choice(TRANSFERS),
+              help="The statistics moved: adain (channel means and stds) or wct (means and covariances, "
+                   "whitening and colouring). Default: the model's own.")
+@click.option("--size", type=click.IntRange(min=8), metavar="N",
+              help="Resize each content image first so that its shorter side is N px (Lanczos). Default: "
+                   "keep its size.")
 @click.option("-m", "--model", default=DEFAULT_STYLIZER, show_default=True,
               help="A style-transfer model name or checkpoint.")
 @output_options(DEFAULT_NAME)
@@ -48,7 +55,7 @@ def _run(opts: dict[str, Any]) -> int:
                                    f"such as {DEFAULT_STYLIZER}")
         settings = {**opts, "scale": None, "width": None, "height": None, "seed": None, "tau": None}
         report.note(f"{upscaler.name} on {upscaler.device}, {len(jobs)} image(s) x {len(opts['styles'])} style(s), "
-                    f"strength {opts['strength']:g}")
+                    f"strength {opts['strength']:g}, method {opts['method'] or 'its own'}")
         with BatchProgress(len(jobs) * len(opts["styles"]), enabled=report.show_progress) as progress:
             report.say = progress.print
             for job in jobs:

@@ -109,6 +109,18 @@ def _run(opts: dict[str, Any]) -> int:
     return report.finish()
 
 
+def shorter_side(image: Any, size: int) -> Any:
+    """The image resized (Lanczos, float) so that its shorter side is `size` px, alpha alike."""
+    from dataclasses import replace
+
+    from upscale_cli.image_io import lanczos_resize
+
+    factor = size / min(image.width, image.height)
+    width, height = max(1, round(image.width * factor)), max(1, round(image.height * factor))
+    alpha = None if image.alpha is None else lanczos_resize(image.alpha, width, height)
+    return replace(image, rgb=lanczos_resize(image.rgb, width, height), alpha=alpha)
+
+
 def _process(job: Job, upscaler: Any, opts: dict[str, Any], progress: BatchProgress, report: Reporter,
              name_fields: dict[str, str] | None = None) -> Outcome:
     """Read, upscale, encode and write one image; every failure becomes an Outcome, never an exception.
@@ -119,6 +131,8 @@ def _process(job: Job, upscaler: Any, opts: dict[str, Any], progress: BatchProgr
     try:
         source = sys.stdin.buffer.read() if job.source is None else job.source
         image = read_image(source, max_pixels=opts["max_pixels"], name=job.label)
+        if opts.get("size"):
+            image = shorter_side(image, opts["size"])
         extras = upscaler.load_extras(opts["extras"], image.height, image.width)
         out_w, out_h = upscaler.output_size(image.width, image.height, opts["scale"], opts["width"], opts["height"])
         fmt = output_format(opts["fmt"], image.format, image.alpha is not None)
@@ -141,8 +155,8 @@ def _process(job: Job, upscaler: Any, opts: dict[str, Any], progress: BatchProgr
                 report.note(f"{job.label}: {upscaler.name} estimates "
                             + ", ".join(f"{name.replace('_', ' ')} {value:g}" for name, value in estimates.items()),
                             verbose_only=True)
-        strength = opts.get("strength", 1.0)
-        made_by = provenance(upscaler, out_w, out_h, seed, tau, opts["extras"], strength)
+        strength, method = opts.get("strength", 1.0), opts.get("method")
+        made_by = provenance(upscaler, out_w, out_h, seed, tau, opts["extras"], strength, method)
         if existing_output(path, opts, made_by):
             return Outcome(job.label, "skipped", shown, extra=extra)
         if opts["dry_run"]:
@@ -153,7 +167,7 @@ def _process(job: Job, upscaler: Any, opts: dict[str, Any], progress: BatchProgr
         progress.start_image(job.label, image.width * image.height)
         rgb = upscaler.upscale(image.rgb, out_w, out_h, opts["tile"], on_tile=progress.tile_done,
                                warn=lambda m: report.note(f"{job.label}: {m}"),
-                               options=RunOptions(seed, tau, extras, strength))
+                               options=RunOptions(seed, tau, extras, strength, method))
         write_output(path, rgb, image, fmt, opts, made_by)
         progress.image_done(out_w * out_h)
         extra["seconds"] = round(time.perf_counter() - started, 3)

@@ -22,6 +22,7 @@ import torch.distributed as dist
 from torch import nn
 
 from upscale_cli import __version__
+from upscale_cli.archs import get_architecture
 from upscale_cli.atomic import write_atomically
 from upscale_cli.checkpoint import CheckpointInfo, config_dict, save_checkpoint
 from upscale_cli.device import autocast, emulated_bf16_warning, resolve_device, resolve_precision
@@ -270,11 +271,12 @@ class Trainer:
     # ----- export ------------------------------------------------------------------------------
     def checkpoint_info(self, metrics: dict[str, Any]) -> CheckpointInfo:
         recipe = self.recipe
+        scale = get_architecture(recipe.arch_id).scale(recipe.arch_config)  # 1 for image-to-image models
         return CheckpointInfo(
             arch=recipe.arch_id,
-            scale=self.config.scale,
+            scale=scale,
             config=config_dict(recipe.arch_config),
-            name=f"{self.config.model}_x{self.config.scale}",
+            name=f"{self.config.model}_x{scale}",
             training={
                 "command": self.command,
                 "resumed_with": self.resumed_with,
