@@ -338,3 +338,26 @@ def test_a_given_input_is_measured_beside_the_models_own_and_not_recorded(
     assert recorded["psnr_y"] == pytest.approx(row(data, "sft_x4")["mean"]["psnr_y"])
     result = invoke("quality", "--data", str(image_folder), "-m", str(tiny_checkpoint), "--input", "prior=class:sky")
     assert result.exit_code == 2 and "no measured model takes --input prior" in result.output
+
+
+def test_speed_times_a_style_model_at_its_own_size_with_the_style_given(tmp_path: Path) -> None:
+    from dataclasses import asdict
+
+    from conftest import smooth_image
+    from upscale_cli.archs.artflow import ArtFlow, ArtFlowConfig, initialize_from
+    from upscale_cli.checkpoint import CheckpointInfo, save_checkpoint
+
+    torch.manual_seed(0)
+    flow = ArtFlow(ArtFlowConfig(flows=1, hidden=8))
+    initialize_from(flow, torch.rand(1, 3, 16, 16))
+    path = tmp_path / "style_x1.safetensors"
+    save_checkpoint(path, flow, CheckpointInfo("artflow", 1, asdict(flow.config), name="style_x1"))
+    Image.fromarray(smooth_image(20, 20, 3)).save(tmp_path / "painting.png")
+    out = tmp_path / "speed.json"
+    args = ["speed", "--model", str(path), "--size", "16", "--precision", "fp32", "--repeat", "1", "--in-process"]
+    result = invoke(*args, "--input", f"style={tmp_path / 'painting.png'}", "--json", str(out))
+    assert result.exit_code == 0, result.output
+    (measured,) = [r for r in json.loads(out.read_text())["results"] if r["model"] == "style_x1"]
+    assert (measured["out_width"], measured["out_height"]) == (16, 16) and measured["latency_ms"]["median"] > 0
+    result = invoke(*args)
+    assert result.exit_code != 0 and "style" in result.output

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from itertools import groupby
 from pathlib import Path
 from typing import Any, Callable
@@ -24,6 +24,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from upscale_cli.archs.base import SUPER_RESOLUTION, RunOptions
 from upscale_cli.bench.quality import open_upscaler, precisions_for
 from upscale_cli.bench.report import BenchError, typed_errors
 from upscale_cli.errors import ExitCode, UpscaleError
@@ -48,6 +49,7 @@ class SpeedConfig:
     threads: int | None = None
     repeat: int = 5
     warmup: int = 1
+    inputs: dict[str, str] = field(default_factory=dict)  # extra inputs as on the command line (name -> value)
 
     @property
     def label(self) -> str:
@@ -63,9 +65,10 @@ class WorkerError(UpscaleError):
 
 
 def configurations(models: list[str], sizes: list[int], precisions: tuple[str, ...], tiles: tuple[str, ...],
-                   **common: Any) -> list[SpeedConfig]:
-    """Every (model, size, precision, tile) in that order; bicubic only once per size (fp32, untiled)."""
-    return [SpeedConfig(model, size, precision, tile, **common)
+                   inputs: dict[str, dict[str, str]] | None = None, **common: Any) -> list[SpeedConfig]:
+    """Every (model, size, precision, tile) in that order; bicubic only once per size (fp32, untiled).
+    `inputs` gives each model's extra inputs (model -> name -> value), where it takes any."""
+    return [SpeedConfig(model, size, precision, tile, inputs=(inputs or {}).get(model, {}), **common)
             for model in models for size in sizes for precision in precisions_for(model, precisions)
             for tile in (("none",) if model == BICUBIC else tiles)]
 
@@ -155,15 +158,17 @@ def load_for(config: SpeedConfig) -> Any:
 def measure(upscaler: Any, lr: np.ndarray, config: SpeedConfig) -> tuple[dict[str, Any], np.ndarray]:
     """Warm up, time `repeat` runs of one configuration, and return its figures and 8-bit output."""
     height, width = lr.shape[:2]
-    out_w, out_h = width * config.scale, height * config.scale
+    scale = config.scale if upscaler.task == SUPER_RESOLUTION else 1  # image-to-image models keep the size
+    out_w, out_h = width * scale, height * scale
     memory = PeakMemory(upscaler.device)
     times = []
     with typed_errors(config.label):
+        options = RunOptions(extras=upscaler.load_extras(config.inputs, height, width))
         for _ in range(config.warmup):
-            upscaler.upscale(lr, out_w, out_h, config.tile)
+            upscaler.upscale(lr, out_w, out_h, config.tile, options=options)
         for _ in range(config.repeat):
             started = time.perf_counter()
-            output = upscaler.upscale(lr, out_w, out_h, config.tile)
+            output = upscaler.upscale(lr, out_w, out_h, config.tile, options=options)
             times.append(time.perf_counter() - started)
     ms = np.array(times) * 1000
     median = float(np.median(ms))

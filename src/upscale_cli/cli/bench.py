@@ -108,6 +108,10 @@ def quality(**opts: Any) -> None:
               help="Input image (default: examples/ or the first Set5/Set14 LR image, else synthetic).")
 @click.option("--isolate/--in-process", default=True, show_default=True,
               help="Run each configuration in a fresh process, so that its peak memory is its own.")
+@click.option("--input", "extra_inputs", multiple=True, metavar="NAME=VALUE",
+              help="An extra input for the models that take it, e.g. --input style=painting.jpg for a "
+                   "style-transfer model (repeatable). Models that compute an input themselves (SFT-GAN's "
+                   "prior) are timed with that computation unless it is given here.")
 def speed(**opts: Any) -> None:
     """Latency, output megapixels/s and peak memory per model, size, precision and tiling.
 
@@ -246,6 +250,7 @@ def _speed(opts: dict[str, Any]) -> int:
     from upscale_cli.bench.quality import check_tile, open_upscaler, precisions_for
     from upscale_cli.bench.report import describe_environment, environment, print_table, speed_table, write_json
     from upscale_cli.bench.speed import choose_input, configurations, run_speed
+    from upscale_cli.cli.upscale import parse_inputs
 
     if opts["threads"]:
         torch.set_num_threads(opts["threads"])
@@ -262,7 +267,9 @@ def _speed(opts: dict[str, Any]) -> int:
     env = environment(next(iter(loaded.values())).device)
     echo_err(f"measuring on {describe_environment(env)}; input {source}"
              + ("" if real else " (agreement figures are on a synthetic image)"))
-    configs = configurations(models, list(opts["sizes"]), opts["precisions"], opts["tiles"], **common)
+    given = parse_inputs(opts["extra_inputs"])
+    inputs = {model: given for (model, _), upscaler in loaded.items() if given and takes(upscaler, given)}
+    configs = configurations(models, list(opts["sizes"]), opts["precisions"], opts["tiles"], inputs, **common)
     rows = run_speed(configs, image, opts["isolate"], lambda r: echo_err(
         f"  {r['model']} {r['size']}px {r['precision']} tile={r['tile']}: {r['latency_ms']['median']:.1f} ms, "
         f"{r['megapixels_per_second']:.3f} MP/s"), loaded)
@@ -273,7 +280,7 @@ def _speed(opts: dict[str, Any]) -> int:
         settings = {"models": models, "sizes": list(opts["sizes"]), "precisions": list(opts["precisions"]),
                     "tiles": list(opts["tiles"]), "repeat": opts["repeat"], "warmup": opts["warmup"],
                     "scale": opts["scale"], "device": env["device"], "threads": opts["threads"],
-                    "isolate": opts["isolate"], "input": source, "input_is_real": real,
+                    "isolate": opts["isolate"], "inputs": given, "input": source, "input_is_real": real,
                     "agreement": "PSNR (dB, RGB, 8-bit outputs) against fp32 with the same tile / untiled "
                                  "with the same precision", "memory": memory_note}
         write_json(opts["json_path"], {"benchmark": "speed", "settings": settings, "environment": env,
