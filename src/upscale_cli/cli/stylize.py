@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from upscale_cli.archs.artflow import TRANSFERS
+from upscale_cli.archs.base import TRANSFER_METHODS
 from upscale_cli.archs.catalog import DEFAULT_STYLIZER
 from upscale_cli.cli.batch import check_output_usage, load_model_for_cli, output_options, start_batch
 from upscale_cli.cli.common import run_guarded
@@ -23,7 +23,7 @@ STYLE_INPUT = "style"  # the extra input a stylising model takes
               help="A style image (repeatable: every content image is made in every style).")
 @click.option("--strength", type=click.FloatRange(0, 1), default=1.0, show_default=True,
               help="How far to go: 0 keeps the content, 1 takes the style's statistics in full.")
-@click.option("--method", type=click.Choice(TRANSFERS),
+@click.option("--method", type=click.Choice(TRANSFER_METHODS),
               help="The statistics moved: adain (channel means and stds) or wct (means and covariances, "
                    "whitening and colouring). Default: the model's own.")
 @click.option("--size", type=click.IntRange(min=8), metavar="N",
