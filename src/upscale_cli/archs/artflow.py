@@ -26,8 +26,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from upscale_cli.archs.base import (IMAGE_TO_IMAGE, TRANSFER_METHODS, WHOLE, ExtraInput, ModelDescriptor, RunOptions,
-                                    SizeRequirements)
+from upscale_cli.archs.base import IMAGE_TO_IMAGE, WHOLE, ExtraInput, ModelDescriptor, RunOptions, SizeRequirements
+from upscale_cli.archs.catalog import TRANSFER_METHODS
 from upscale_cli.flows import (ActNorm, AdditiveCoupling, FlowLevel, FlowSequence, LUInvertibleConv1x1, MultiScaleFlow,
                                ZeroConv2d)
 from upscale_cli.tiler import IMAGE, Inputs, Tiles, Window, pad_to_multiple, region_of

@@ -20,7 +20,6 @@ if TYPE_CHECKING:
 SUPER_RESOLUTION = "super-resolution"
 IMAGE_TO_IMAGE = "image-to-image"  # scale 1: style transfer, restoration at the same size
 TASKS = (SUPER_RESOLUTION, IMAGE_TO_IMAGE)
-TRANSFER_METHODS = ("adain", "wct")  # statistics a transfer model can move (RunOptions.method)
 
 # Where an extra input lives relative to the image the model reads.
 AT_INPUT = "input"  # one pixel per input pixel: cropped, padded and turned with the image

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
+TRANSFER_METHODS = ("adain", "wct")  # statistics a transfer model can move (`RunOptions.method`)
+
 @dataclass(frozen=True)
 class CatalogEntry:
     """A model name (`-m NAME`, weights file `NAME_x{scale}.safetensors`), the architecture its checkpoints

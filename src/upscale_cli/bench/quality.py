@@ -254,7 +254,7 @@ def evaluate_upscaler(upscaler: Any, pairs: list[ImagePair], scale: int, tile: s
     run = tensor_upscaler(upscaler, scale, tile)
 
     def options(lr: torch.Tensor, seed: int = 0, tau: float | None = None) -> RunOptions:
-        return RunOptions(seed, tau, upscaler.load_extras(inputs or {}, *lr.shape[-2:]))
+        return RunOptions(seed, tau, upscaler.load_extras(inputs, *lr.shape[-2:]) if inputs else {})
 
     with typed_errors(upscaler.name):
         if not upscaler.stochastic:

@@ -163,7 +163,7 @@ def measure(upscaler: Any, lr: np.ndarray, config: SpeedConfig) -> tuple[dict[st
     memory = PeakMemory(upscaler.device)
     times = []
     with typed_errors(config.label):
-        options = RunOptions(extras=upscaler.load_extras(config.inputs, height, width))
+        options = RunOptions(extras=upscaler.load_extras(config.inputs, height, width) if config.inputs else {})
         for _ in range(config.warmup):
             upscaler.upscale(lr, out_w, out_h, config.tile, options=options)
         for _ in range(config.repeat):

@@ -75,8 +75,8 @@ def common_options(function: Callable[..., Any]) -> Callable[..., Any]:
               help="Draw PSNR-Y against output MP/s to this PNG (needs matplotlib: pip install 'upscale-cli[plot]').")
 @click.option("--input", "extra_inputs", multiple=True, metavar="NAME=VALUE",
               help="Also measure each model that takes this extra input with it given, as a 'MODEL NAME=VALUE' "
-                   "row beside the model's own (e.g. --input prior=class:background: SFT-GAN without its "
-                   "automatic prior). Repeatable; all are given together.")
+                   "row beside the model's own (e.g. --input prior=class:background: a uniform prior instead "
+                   "of the one the model computes). Repeatable; all are given together.")
 @click.option("--record", is_flag=True,
               help="Store the fp32 figures (undegraded data) in each measured checkpoint's metadata, "
                    "where `upscale models` shows them.")
@@ -110,7 +110,7 @@ def quality(**opts: Any) -> None:
               help="Run each configuration in a fresh process, so that its peak memory is its own.")
 @click.option("--input", "extra_inputs", multiple=True, metavar="NAME=VALUE",
               help="An extra input for the models that take it, e.g. --input style=painting.jpg for a "
-                   "style-transfer model (repeatable). Models that compute an input themselves (SFT-GAN's "
+                   "style-transfer model (repeatable). Models that compute an input themselves (a semantic "
                    "prior) are timed with that computation unless it is given here.")
 def speed(**opts: Any) -> None:
     """Latency, output megapixels/s and peak memory per model, size, precision and tiling.

@@ -7,8 +7,7 @@ from typing import Any
 
 import click
 
-from upscale_cli.archs.base import TRANSFER_METHODS
-from upscale_cli.archs.catalog import DEFAULT_STYLIZER
+from upscale_cli.archs.catalog import DEFAULT_STYLIZER, TRANSFER_METHODS
 from upscale_cli.cli.batch import check_output_usage, load_model_for_cli, output_options, start_batch
 from upscale_cli.cli.common import run_guarded
 from upscale_cli.cli.progress import BatchProgress
