@@ -75,14 +75,15 @@ def test_training_settings_draw_what_they_promise() -> None:
     iso = draw_degradations("iso", 8, torch.Generator().manual_seed(0))
     assert torch.equal(iso.noise, torch.zeros(8))
     torch.testing.assert_close(iso.kernels, iso.kernels.transpose(1, 2))  # isotropic: symmetric
-    general = draw_degradations("general", 8, torch.Generator().manual_seed(0))
-    noisy = torch.tensor([True, True, False, False] * 2)  # every pairing of blur kind and noise
+    general = draw_degradations("general", 16, torch.Generator().manual_seed(0))
+    noisy = torch.tensor([True, True, False, False] * 4)  # every pairing of blur kind and noise
     assert (general.noise[noisy] > 0).all() and general.noise.max() <= 25
-    assert torch.equal(general.noise[~noisy], torch.zeros(4, dtype=general.noise.dtype))
+    assert torch.equal(general.noise[~noisy], torch.zeros(8, dtype=general.noise.dtype))
     symmetric = [bool(torch.allclose(k, k.T)) for k in general.kernels]
-    assert symmetric[0::2] == [True] * 4 and not any(symmetric[1::2])
+    assert symmetric[0::2] == [True] * 8 and not any(symmetric[1::2])
     assert ((general.width >= 0.2) & (general.width <= 4.0)).all()
-    again = draw_degradations("general", 8, torch.Generator().manual_seed(0))
+    assert (general.width[:4] <= 1.0).all() and general.width[4:].max() > 2.0  # the sharp group, then any
+    again = draw_degradations("general", 16, torch.Generator().manual_seed(0))
     assert torch.equal(general.kernels, again.kernels) and torch.equal(general.noise, again.noise)
     with pytest.raises(ValueError, match="unknown degradation setting"):
         draw_degradations("motion", 2, torch.Generator())

@@ -711,11 +711,13 @@ def test_without_hard_links_the_write_still_works(tmp_path: Path, monkeypatch: p
 
 
 def test_failure_without_hard_links_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import upscale_cli.atomic as atomic
+
     def fail(*_args) -> None:
         raise OSError(5, "Input/output error")
 
     monkeypatch.setattr(os, "link", fail)
-    monkeypatch.setattr(os, "replace", fail)
+    monkeypatch.setattr(atomic, "rename_no_replace", fail)
     with pytest.raises(ImageWriteError, match="Input/output error"):
         write_image(tmp_path / "out.png", b"new data")
     assert os.listdir(tmp_path) == []

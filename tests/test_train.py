@@ -63,6 +63,30 @@ def test_resume_is_bit_exact(image_folder: Path, tmp_path: Path, precision: str)
         assert torch.equal(a[key], b[key]), key
 
 
+def test_resume_from_a_damaged_state_takes_the_one_before_it(image_folder: Path, tmp_path: Path) -> None:
+    """#27: the last two states are kept; a truncated newest one is said so and the previous one resumed,
+    which continues bit for bit like an uninterrupted run."""
+    config = tiny_config(image_folder)
+    straight = Trainer(config, tmp_path / "straight", "test")
+    straight.run()
+    run_dir = tmp_path / "run"
+    for stop in (3, 5):
+        trainer = Trainer(config, run_dir, "test")
+        interrupt_at(trainer, stop)
+        with pytest.raises(TrainingInterrupted):
+            trainer.run(resume=stop == 5)
+    state = run_dir / "state.pt"
+    state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
+    said: list[str] = []
+    resumed = Trainer(config, run_dir, "test")
+    resumed.echo = said.append  # type: ignore[method-assign]
+    resumed.run(resume=True)
+    assert any("state.pt is unreadable" in line and "state.prev.pt" in line for line in said), said
+    assert any("at step 3" in line for line in said), said
+    a, b = final_state(straight), final_state(resumed)
+    assert all(torch.equal(a[key], b[key]) for key in a)
+
+
 def test_resume_without_interrupt_differs_from_a_fresh_seed(image_folder: Path, tmp_path: Path) -> None:
     """Guards the exactness test: another seed gives other weights, so equality is not automatic."""
     one = Trainer(tiny_config(image_folder, seed=1), tmp_path / "one", "test")

@@ -128,7 +128,8 @@ def read_info(path: Path) -> CheckpointInfo:
 
 
 def build_model(info: CheckpointInfo, source: object = "checkpoint") -> nn.Module:
-    """An untrained network of the architecture and config the metadata names (`source` names it in errors)."""
+    """An untrained network of the architecture and config the metadata names (`source` names it in errors).
+    The config is checked for types and ranges first; any failure to build from it is a CheckpointError."""
     try:
         arch = get_architecture(info.arch)
     except KeyError as exc:
@@ -139,13 +140,26 @@ def build_model(info: CheckpointInfo, source: object = "checkpoint") -> nn.Modul
         raise CheckpointError(f"{source}: bad {info.arch} config ({exc})") from None
     if getattr(config, "scale", info.scale) != info.scale:
         raise CheckpointError(f"{source}: metadata scale {info.scale} disagrees with config scale {config.scale}")
-    return arch.build(config)
+    try:
+        return arch.build(config)
+    except Exception as exc:  # the config is the file's: whatever it makes the builder raise is the file's fault
+        raise CheckpointError(f"{source}: cannot build {info.arch} from its config ({_first_line(exc)})") from None
 
 
 def load_model(path: Path) -> tuple[nn.Module, CheckpointInfo]:
-    """Build the network the checkpoint describes and load its tensors strictly, in eval mode."""
+    """Build the network the checkpoint describes and load its tensors strictly, in eval mode.
+
+    Before anything is allocated, the network is built on the meta device (shapes, no memory) and its
+    tensors are matched by name, shape and dtype against the file's header: a small file whose config
+    asks for a huge network is refused at no cost.
+    """
     path = Path(path)
     info = read_info(path)
+    with torch.device("meta"):
+        layout = build_model(info, path).state_dict()
+    header = tensor_header(path)
+    check_tensors({k: tuple(v.shape) for k, v in layout.items()}, {k: shape for k, (_, shape) in header.items()}, path)
+    check_dtypes(layout, header, path)
     model = build_model(info, path)
     try:
         tensors = load_file(str(path))
@@ -153,6 +167,32 @@ def load_model(path: Path) -> tuple[nn.Module, CheckpointInfo]:
         raise CheckpointError(f"{path}: cannot read tensors ({_first_line(exc)})") from None
     load_strict(model, tensors, path)
     return model.eval(), info
+
+
+FLOAT_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}  # safetensors' names: ours
+COUNT_DTYPES = ("I64", "I32", "I16", "I8", "U8", "BOOL")  # for counters and flags (BatchNorm's, ActNorm's)
+
+
+def tensor_header(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """Each tensor's safetensors dtype and shape from the file's header (no tensor data read)."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            views = {key: handle.get_slice(key) for key in handle.keys()}
+            return {key: (view.get_dtype(), tuple(view.get_shape())) for key, view in views.items()}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: cannot read the tensor header ({_first_line(exc)})") from None
+
+
+def check_dtypes(layout: dict[str, torch.Tensor], header: dict[str, tuple[str, tuple[int, ...]]],
+                 source: object) -> None:
+    """A CheckpointError for a tensor whose dtype cannot hold what the network keeps there: weights must be
+    float32, float16 or bfloat16 (integer or boolean weights load silently and compute garbage)."""
+    for key, tensor in layout.items():
+        dtype = header[key][0]
+        allowed = FLOAT_DTYPES if tensor.dtype.is_floating_point else COUNT_DTYPES
+        if dtype not in allowed:
+            kind = ", ".join(FLOAT_DTYPES.values()) if tensor.dtype.is_floating_point else "an integer or boolean"
+            raise CheckpointError(f"{source}: tensor {key} is {dtype}; it must be {kind}")
 
 
 def weights_digest(path: Path) -> str:
@@ -171,24 +211,25 @@ def weights_digest(path: Path) -> str:
 
 def load_strict(model: nn.Module, tensors: dict[str, torch.Tensor], source: object) -> None:
     """Load `tensors` into `model`, naming every missing, unexpected or mis-shaped tensor."""
-    expected = model.state_dict()
+    check_tensors({k: tuple(v.shape) for k, v in model.state_dict().items()},
+                  {k: tuple(v.shape) for k, v in tensors.items()}, source)
+    model.load_state_dict(tensors, strict=True)
+
+
+def check_tensors(expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]], source: object) -> None:
+    """A CheckpointError naming every missing, unexpected or mis-shaped tensor of `found` against `expected`."""
     problems = []
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
     if missing:
         problems.append("missing tensors: " + _short_list(missing))
     if unexpected:
         problems.append("unexpected tensors: " + _short_list(unexpected))
-    mismatched = [
-        f"{k} {tuple(tensors[k].shape)} vs {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in tensors and tensors[k].shape != v.shape
-    ]
+    mismatched = [f"{k} {found[k]} vs {shape}" for k, shape in expected.items() if k in found and found[k] != shape]
     if mismatched:
         problems.append("shape mismatches (file vs model): " + _short_list(mismatched))
     if problems:
         raise CheckpointError(f"{source}: " + "; ".join(problems))
-    model.load_state_dict(tensors, strict=True)
 
 
 def config_dict(config: Any) -> dict[str, Any]:

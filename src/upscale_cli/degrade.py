@@ -24,6 +24,7 @@ from upscale_cli.resize import imresize, quantize
 KERNEL_SIZE = 21
 MAX_WIDTH = 4.0  # the widest blur the x4 training draws (sigma and l1, l2 in [0.2, 4.0])
 MIN_WIDTH = 0.2
+SHARP_WIDTH = 1.0  # the widest blur of `general`'s sharp samples
 MAX_NOISE = 25.0  # noise levels are drawn in [0, 25] on the 0..255 scale
 
 
@@ -168,7 +169,10 @@ def draw_degradations(setting: str, batch: int, generator: torch.Generator) -> D
     * `aniso_noise`: DASR's general setting: l1, l2 ~ U[0.2, 4.0], theta ~ U[0, pi), noise ~ U[0, 25];
     * `general`: half of the batch each way, isotropic and anisotropic, crossed with half noisy
       (noise ~ U[0, 25]) and half clean: real photos have both kinds of blur, with noise or without, and
-      a blind model must not smear clean inputs as if they were noisy.
+      a blind model must not smear clean inputs as if they were noisy. Every fourth group of four
+      samples is drawn sharp (widths ~ U[0.2, 1.0], where the x4 downscale's own anti-aliasing
+      dominates): most photos are in focus, and a model that sees sharp inputs only as rarely as a
+      uniform width draws them learns to oversharpen them.
     """
     if setting not in SETTINGS:
         raise ValueError(f"unknown degradation setting {setting!r} (use {', '.join(SETTINGS)})")
@@ -178,6 +182,10 @@ def draw_degradations(setting: str, batch: int, generator: torch.Generator) -> D
 
     l1, l2, theta = uniform(MIN_WIDTH, MAX_WIDTH), uniform(MIN_WIDTH, MAX_WIDTH), uniform(0.0, math.pi)
     noise = uniform(0.0, MAX_NOISE)
+    if setting == "general":
+        sharp = torch.arange(batch) // 4 % 4 == 0
+        shrink = (SHARP_WIDTH - MIN_WIDTH) / (MAX_WIDTH - MIN_WIDTH)  # maps U[MIN, MAX] onto U[MIN, SHARP]
+        l1, l2 = (torch.where(sharp, MIN_WIDTH + (w - MIN_WIDTH) * shrink, w) for w in (l1, l2))
     isotropic = torch.ones(batch, dtype=torch.bool) if setting == "iso" else (
         torch.arange(batch) % 2 == 0 if setting == "general" else torch.zeros(batch, dtype=torch.bool))
     l2 = torch.where(isotropic, l1, l2)

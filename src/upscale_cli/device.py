@@ -26,7 +26,10 @@ def resolve_device(name: str) -> torch.device:
     """`auto` is the first CUDA device when there is one, else the CPU; `cuda:N` is checked to exist."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:  # torch's message lists two dozen device types this program does not run on
+        raise ValueError(f"unsupported device {name!r} (use auto, cpu, cuda or cuda:N)") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError("CUDA was asked for but no CUDA device is available")

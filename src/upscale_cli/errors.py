@@ -14,6 +14,12 @@ class ExitCode(IntEnum):
     MODEL = 3  # the model or checkpoint cannot be loaded or run
     INTERNAL = 70  # a bug in upscale (EX_SOFTWARE); --verbose shows the traceback
     INTERRUPTED = 130  # 128 + SIGINT
+    TERMINATED = 143  # 128 + SIGTERM
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised wherever the process is, so that it unwinds exactly as Ctrl-C does (temporary files
+    removed, the summary printed) and exits 143."""
 
 
 class UpscaleError(Exception):
@@ -38,6 +44,11 @@ class ImageWriteError(UpscaleError):
         super().__init__(f"{path}: {problem}")
         self.path = path
         self.problem = problem
+
+
+class StopBatch(ImageWriteError):
+    """A write failed as every later one would (a full disk, a closed or full standard output): the
+    batch stops there instead of computing the remaining images only to fail each write."""
 
 
 class InputError(UpscaleError):

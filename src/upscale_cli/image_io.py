@@ -11,6 +11,7 @@ opens and decodes a file, and restored afterwards, so `max_pixels` is the single
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import struct
@@ -25,7 +26,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .atomic import write_atomically
-from .errors import ImageReadError, ImageWriteError
+from .errors import ImageReadError, ImageWriteError, StopBatch
 
 MAX_PIXELS_DEFAULT = 100_000_000
 
@@ -601,7 +602,8 @@ def write_image(path: str | os.PathLike, data: bytes, overwrite: bool = False) -
     except FileExistsError:
         raise ImageWriteError(path, _EXISTS) from None
     except OSError as error:
-        raise ImageWriteError(path, f"cannot write: {error.strerror or error}") from error
+        kind = StopBatch if error.errno in (errno.ENOSPC, errno.EDQUOT) else ImageWriteError
+        raise kind(path, f"cannot write: {error.strerror or error}") from error
 
 
 # --- resampling --------------------------------------------------------------------------------------

@@ -288,12 +288,13 @@ def auto_tile_size(
     """Largest tile (a multiple of 8 LR px) whose input window fits in `fraction` of the available memory.
 
     The window is (tile + 2*overlap)^2 pixels at `bytes_per_lr_pixel` (half that in bf16/fp16); the
-    result is clamped to [minimum, maximum].
+    result is clamped to [minimum, maximum], and is always larger than the overlap (a tile no larger than
+    its overlap tiles nothing), whatever the memory.
     """
     budget = int(available_bytes * fraction) * (1 if precision == "fp32" else 2)
     side = math.isqrt(max(budget, 0) // max(bytes_per_lr_pixel, 1))
     tile = min(side - 2 * overlap, maximum) // 8 * 8
-    return max(tile, minimum)
+    return max(tile, minimum, overlap // 8 * 8 + 8)
 
 
 def available_memory(device: torch.device) -> int:

@@ -8,6 +8,8 @@ Importing this module does not import torch (it is read while `upscale --help` b
 
 from __future__ import annotations
 
+import math
+import typing
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
@@ -26,6 +28,32 @@ AT_INPUT = "input"  # one pixel per input pixel: cropped, padded and turned with
 AT_OUTPUT = "output"  # one pixel per output pixel (a prior at HR size): cropped at `scale` times the window
 WHOLE = "whole"  # an image of any size (a style image): handed to the runner whole, never cropped or turned
 PLACEMENTS = (AT_INPUT, AT_OUTPUT, WHOLE)
+
+MAX_CONFIG_INT = 4096  # no size, count or width of any architecture here comes near it
+MAX_CONFIG_ITEMS = 64  # the longest list a config holds, and the longest string
+
+
+def _check_config_value(what: str, value: Any, kind: Any) -> None:
+    """A ValueError unless `value` is of the annotated `kind` (int, float, bool, str or tuple[int, ...]) and
+    in range: ints in [0, MAX_CONFIG_INT], floats finite, strings and tuples at most MAX_CONFIG_ITEMS long."""
+    if kind is bool:
+        ok = isinstance(value, bool)
+    elif kind is int:
+        ok = isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_CONFIG_INT
+    elif kind is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    elif kind is str:
+        ok = isinstance(value, str) and len(value) <= MAX_CONFIG_ITEMS
+    elif typing.get_origin(kind) is tuple:
+        ok = isinstance(value, (list, tuple)) and len(value) <= MAX_CONFIG_ITEMS
+        for item in value if ok else ():
+            _check_config_value(what, item, typing.get_args(kind)[0])
+    else:
+        raise TypeError(f"{what}: configs hold bool, int, float, str or tuple[int, ...], not {kind}")
+    if not ok:
+        expected = {int: f"an int in [0, {MAX_CONFIG_INT}]", float: "a finite number", bool: "true or false",
+                    str: f"a string of at most {MAX_CONFIG_ITEMS} characters"}.get(kind, f"a list of at most {MAX_CONFIG_ITEMS}")
+        raise ValueError(f"{what} is {value!r}: expected {expected}")
 
 
 @dataclass(frozen=True)
@@ -134,11 +162,14 @@ class ModelDescriptor:
         return int(getattr(config, "scale")) if self.task == SUPER_RESOLUTION else 1
 
     def make_config(self, values: Mapping[str, Any]) -> Any:
-        """Build the config dataclass, rejecting unknown keys instead of ignoring them."""
-        known = set(self.config_type.__dataclass_fields__)
-        unknown = sorted(set(values) - known)
+        """Build the config dataclass, rejecting unknown keys instead of ignoring them, and values of the
+        wrong type or out of range before anything is built from them (a config comes from a file)."""
+        hints = typing.get_type_hints(self.config_type)
+        unknown = sorted(set(values) - set(hints))
         if unknown:
             raise ValueError(f"unknown {self.id} config keys: {', '.join(unknown)}")
+        for key, value in values.items():
+            _check_config_value(f"{self.id} config {key}", value, hints[key])
         return self.config_type(**values)
 
     def runner(self, model: nn.Module, device: torch.device, precision: str, options: RunOptions) -> TileRunner:

@@ -8,7 +8,8 @@ from typing import Any, Callable
 import click
 
 from upscale_cli.cli.common import echo_err, run_guarded
-from upscale_cli.cli.options import DEVICE_HELP, comma_list, one, precision_item, size_item, tau_item, tile_item
+from upscale_cli.cli.options import (DEVICE_HELP, THREADS, comma_list, device_item, one, precision_item, size_item,
+                                     tau_item, tile_item)
 
 def degrade_item(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple[Any, ...]:
     """Parse every --degrade into a Degradation (the import stays inside: it pulls in torch)."""
@@ -37,8 +38,8 @@ def common_options(function: Callable[..., Any]) -> Callable[..., Any]:
                      help="Model to measure (repeatable). Default: every shipped model. bicubic is always included."),
         click.option("-x", "--scale", type=click.IntRange(2, 8), default=4, show_default=True,
                      help="Upscaling factor."),
-        click.option("--device", default="auto", show_default=True, help=DEVICE_HELP),
-        click.option("--threads", type=click.IntRange(min=1), help="CPU threads for torch (default: torch's choice)."),
+        click.option("--device", default="auto", show_default=True, callback=one(device_item), help=DEVICE_HELP),
+        click.option("--threads", type=THREADS, help="CPU threads for torch (default: torch's choice)."),
         click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
                      help="Also write every figure and its settings to this JSON file."),
         click.option("-v", "--verbose", is_flag=True, help="Tracebacks on errors."),

@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from upscale_cli.cli.common import echo_err, run_guarded
-from upscale_cli.cli.options import DEVICE_HELP, PRECISIONS
+from upscale_cli.cli.options import DEVICE_HELP, PRECISIONS, device_item, one
 from upscale_cli.errors import ImageReadError, ImageWriteError
 
 DEFAULT_CROP = 128  # LR px a side of the default centre crop: 512 px cells at x4
@@ -49,7 +49,7 @@ def crop_box(ctx: click.Context, param: click.Parameter, value: str | None) -> t
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="The sheet (PNG). Default: IMAGE's stem + _compare.png, next to it.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing sheet.")
-@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
+@click.option("--device", default="auto", show_default=True, callback=one(device_item), help=DEVICE_HELP)
 @click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True)
 @click.option("-v", "--verbose", is_flag=True, help="Tracebacks on errors.")
 def compare(**opts: Any) -> None:

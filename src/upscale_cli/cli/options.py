@@ -6,6 +6,9 @@ Each `*_item` parses one value (ValueError with a message naming what is allowed
 
 from __future__ import annotations
 
+import math
+import os
+import re
 from typing import Any, Callable
 
 import click
@@ -13,6 +16,8 @@ import click
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # what --precision accepts where a run picks one
 FIXED_PRECISIONS = PRECISIONS[1:]  # what lists of precisions to measure accept
 DEVICE_HELP = "auto, cpu, cuda or cuda:N."
+MAX_THREADS = max(64, 4 * (os.cpu_count() or 1))  # far beyond this, OpenMP runtimes fail to start
+THREADS = click.IntRange(1, MAX_THREADS)
 
 Callback = Callable[[click.Context, click.Parameter, Any], Any]
 
@@ -21,6 +26,24 @@ def precision_item(value: str) -> str:
     if value not in FIXED_PRECISIONS:
         raise ValueError(f"{value!r} is not one of {', '.join(FIXED_PRECISIONS)}")
     return value
+
+
+def device_item(value: str) -> str:
+    """A device name in the form `resolve_device` takes; whether it exists is checked when a model loads."""
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
+        raise ValueError(f"{value!r} is not a device: use {DEVICE_HELP[:-1]}")
+    return value
+
+
+def scale_item(value: str) -> float:
+    """An upscaling factor: a finite number >= 1 (`nan` and `inf` parse as floats but are no factor)."""
+    try:
+        scale = float(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a number") from None
+    if not math.isfinite(scale) or scale < 1:
+        raise ValueError(f"{value!r}: a scale is a finite number >= 1")
+    return scale
 
 
 def tile_item(value: str) -> str:

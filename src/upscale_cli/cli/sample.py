@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-import sys
-import traceback
 from pathlib import Path
 from typing import Any
 
 import click
 
-from upscale_cli.cli.batch import (Job, Outcome, Reporter, check_output_usage, destination, existing_output,
-                                   load_model_for_cli, output_options, provenance, start_batch, write_output)
+from upscale_cli.cli.batch import (JOB_ERRORS, Job, Outcome, Reporter, check_output_usage, destination,
+                                   existing_output, failed_outcome, load_model_for_cli, output_options, provenance,
+                                   skipped, start_batch, write_output)
 from upscale_cli.archs.base import RunOptions
 from upscale_cli.archs.catalog import DEFAULT_SAMPLER
 from upscale_cli.cli.common import run_guarded
 from upscale_cli.cli.options import comma_list, tau_item
 from upscale_cli.cli.progress import BatchProgress
-from upscale_cli.errors import ExitCode, ImageWriteError, UpscaleError
+from upscale_cli.errors import ImageWriteError
 
 DEFAULT_NAME = "{stem}_tau{tau}_seed{seed}.{ext}"
 
@@ -67,8 +66,9 @@ def _run(opts: dict[str, Any]) -> int:
         taus = opts["taus"] or (upscaler.default_tau,)
         report.note(f"{upscaler.name} (x{upscaler.scale}) on {upscaler.device}, {upscaler.precision}, "
                     f"tau {', '.join(f'{t:g}' for t in taus)}, {opts['samples']} sample(s) each, seeds from {opts['seed']}")
-        with BatchProgress(len(jobs) * len(taus) * opts["samples"], enabled=report.show_progress) as progress:
-            report.say = progress.print
+        with BatchProgress(len(jobs) * len(taus) * opts["samples"], enabled=report.show_progress) as progress, \
+                report.running():
+            report.printer = progress.print
             for job in jobs:
                 for outcome in _sample_one(job, upscaler, taus, opts, progress, report):
                     report.add(outcome)
@@ -96,8 +96,9 @@ def _sample_one(job: Job, upscaler: Any, taus: tuple[float, ...], opts: dict[str
                 extra = {"model": upscaler.name, "tau": tau, "seed": seed, "width": out_w, "height": out_h}
                 needs_pixels = bool(opts["grid"] or opts["std_map"])
                 made_by = provenance(upscaler, out_w, out_h, seed, tau)
-                if existing_output(path, opts, made_by) and not needs_pixels:
-                    outcomes.append(Outcome(job.label, "skipped", str(path), extra=extra))
+                why = existing_output(path, opts, made_by)
+                if why is not None and not needs_pixels:
+                    outcomes.append(skipped(job.label, str(path), why, extra))
                     progress.advance_file()
                     continue
                 if opts["dry_run"]:
@@ -118,20 +119,15 @@ def _sample_one(job: Job, upscaler: Any, taus: tuple[float, ...], opts: dict[str
                 if path is not None and path.exists() and not opts["overwrite"]:
                     outcomes.append(Outcome(job.label, "skipped", str(path), extra=extra))
                 else:
-                    write_output(path, rgb, image, fmt, opts, made_by)
-                    outcomes.append(Outcome(job.label, "ok", str(path), extra=extra))
+                    raced = write_output(path, rgb, image, fmt, opts, made_by)
+                    outcomes.append(skipped(job.label, str(path), raced, extra) if raced
+                                    else Outcome(job.label, "ok", str(path), extra=extra))
                 progress.image_done(out_w * out_h)
                 progress.advance_file()
         if not opts["dry_run"]:
             outcomes += _extras(job, image, drawn, opts)
-    except UpscaleError as exc:
-        if exc.exit_code == ExitCode.MODEL:
-            raise
-        outcomes.append(Outcome(job.label, "failed", error=str(exc)))
-    except (MemoryError, RuntimeError, OSError, ValueError) as exc:
-        if opts["verbose"]:
-            traceback.print_exc(file=sys.stderr)
-        outcomes.append(Outcome(job.label, "failed", error=f"{job.label}: {type(exc).__name__}: {exc}".splitlines()[0]))
+    except JOB_ERRORS as exc:
+        outcomes.append(failed_outcome(job.label, exc, opts["verbose"]))
     return outcomes
 
 
@@ -172,7 +168,8 @@ def _write_extra(path: Path, pixels: Any, opts: dict[str, Any], what: str, note:
     from upscale_cli.image_io import encode_image, write_image
 
     extra = {"note": note} if note else {}
-    if existing_output(path, opts):
-        return Outcome(what, "skipped", str(path), extra=extra)
+    why = existing_output(path, opts)
+    if why is not None:
+        return skipped(what, str(path), why, extra)
     write_image(path, encode_image(pixels.astype("float32") / 255, None, "png"), overwrite=opts["overwrite"])
     return Outcome(what, "ok", str(path), extra=extra)

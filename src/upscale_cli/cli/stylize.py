@@ -55,8 +55,9 @@ def _run(opts: dict[str, Any]) -> int:
         settings = {**opts, "scale": None, "width": None, "height": None, "seed": None, "tau": None}
         report.note(f"{upscaler.name} on {upscaler.device}, {len(jobs)} image(s) x {len(opts['styles'])} style(s), "
                     f"strength {opts['strength']:g}, method {opts['method'] or 'its own'}")
-        with BatchProgress(len(jobs) * len(opts["styles"]), enabled=report.show_progress) as progress:
-            report.say = progress.print
+        with BatchProgress(len(jobs) * len(opts["styles"]), enabled=report.show_progress) as progress, \
+                report.running():
+            report.printer = progress.print
             for job in jobs:
                 for style in opts["styles"]:
                     job_opts = {**settings, "extras": {STYLE_INPUT: style}}

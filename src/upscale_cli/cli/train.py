@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from upscale_cli.cli.common import echo_err, run_guarded
+from upscale_cli.cli.options import device_item, one
 from upscale_cli.errors import ExitCode
 from upscale_cli.archs.catalog import DEFAULT_RECIPE, recipes
 
@@ -40,7 +41,7 @@ _OPTION_FIELDS = ("data", "val", "scale", "iters", "batch", "patch", "lr", "init
               help="VGG19 weights (torchvision layout, safetensors or .pth) for the VGG content loss.")
 @click.option("--seed", type=int, help="Seed for initialisation and patch sampling.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), help="Training precision.")
-@click.option("--device", help="auto (CUDA when present, the default), cpu, cuda or cuda:N.")
+@click.option("--device", callback=one(device_item), help="auto (CUDA when present, the default), cpu, cuda or cuda:N.")
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), help="TOML settings file.")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="Override any setting (repeatable).")
 @click.option("-v", "--verbose", is_flag=True, help="Show tracebacks.")

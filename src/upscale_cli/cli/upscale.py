@@ -4,26 +4,26 @@ from __future__ import annotations
 
 import sys
 import time
-import traceback
 from typing import Any
 
 import click
 
-from upscale_cli.cli.batch import (Job, Outcome, Reporter, check_output_usage, destination, existing_output,
-                                   format_scale, load_model_for_cli, output_options, provenance, start_batch,
-                                   write_output)
+from upscale_cli.cli.batch import (JOB_ERRORS, Job, Outcome, Reporter, check_output_usage, destination,
+                                   existing_output, failed_outcome, format_scale, load_model_for_cli, output_options,
+                                   provenance, skipped, start_batch, write_output)
 from upscale_cli.archs.base import RunOptions
 from upscale_cli.archs.catalog import DEFAULT_MODEL
 from upscale_cli.cli.common import run_guarded
+from upscale_cli.cli.options import one, scale_item
 from upscale_cli.cli.progress import BatchProgress
-from upscale_cli.errors import ExitCode, ImageWriteError, UpscaleError
+from upscale_cli.errors import ImageWriteError
 
 DEFAULT_NAME = "{stem}_x{scale}.{ext}"
 
 
 @click.command(name="upscale")
 @click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
-@click.option("-x", "--scale", type=click.FloatRange(min=1), help="Upscaling factor (default: the model's native scale).")
+@click.option("-x", "--scale", callback=one(scale_item), help="Upscaling factor (default: the model's native scale).")
 @click.option("--width", type=click.IntRange(min=1), help="Target width in pixels (height follows unless given).")
 @click.option("--height", type=click.IntRange(min=1), help="Target height in pixels (width follows unless given).")
 @click.option("-m", "--model", default=DEFAULT_MODEL, show_default=True,
@@ -101,8 +101,8 @@ def _run(opts: dict[str, Any]) -> int:
                     f"tile {opts['tile']}, overlap {upscaler.overlap}{', 8-view tta' if upscaler.tta else ''}"
                     f"{', color-fix' if upscaler.color_fix else ''}; "
                     f"{len(jobs)} image(s)")
-        with BatchProgress(len(jobs), enabled=report.show_progress) as progress:
-            report.say = progress.print
+        with BatchProgress(len(jobs), enabled=report.show_progress) as progress, report.running():
+            report.printer = progress.print
             for job in jobs:
                 report.add(_process(job, upscaler, opts, progress, report))
                 progress.advance_file()
@@ -157,8 +157,9 @@ def _process(job: Job, upscaler: Any, opts: dict[str, Any], progress: BatchProgr
                             verbose_only=True)
         strength, method = opts.get("strength", 1.0), opts.get("method")
         made_by = provenance(upscaler, out_w, out_h, seed, tau, opts["extras"], strength, method)
-        if existing_output(path, opts, made_by):
-            return Outcome(job.label, "skipped", shown, extra=extra)
+        why = existing_output(path, opts, made_by)
+        if why is not None:
+            return skipped(job.label, shown, why, extra)
         if opts["dry_run"]:
             return Outcome(job.label, "dry-run", shown, extra=extra)
         problem = upscaler.memory_problem(image.width, image.height, out_w, out_h)
@@ -168,15 +169,11 @@ def _process(job: Job, upscaler: Any, opts: dict[str, Any], progress: BatchProgr
         rgb = upscaler.upscale(image.rgb, out_w, out_h, opts["tile"], on_tile=progress.tile_done,
                                warn=lambda m: report.note(f"{job.label}: {m}"),
                                options=RunOptions(seed, tau, extras, strength, method))
-        write_output(path, rgb, image, fmt, opts, made_by)
+        raced = write_output(path, rgb, image, fmt, opts, made_by)
         progress.image_done(out_w * out_h)
+        if raced:
+            return skipped(job.label, shown, raced, extra)
         extra["seconds"] = round(time.perf_counter() - started, 3)
         return Outcome(job.label, "ok", shown, extra=extra)
-    except UpscaleError as exc:
-        if exc.exit_code == ExitCode.MODEL:
-            raise
-        return Outcome(job.label, "failed", error=str(exc))
-    except (MemoryError, RuntimeError, OSError, ValueError) as exc:
-        if opts["verbose"]:
-            traceback.print_exc(file=sys.stderr)
-        return Outcome(job.label, "failed", error=f"{job.label}: {type(exc).__name__}: {exc}".splitlines()[0])
+    except JOB_ERRORS as exc:
+        return failed_outcome(job.label, exc, opts["verbose"])

@@ -1,7 +1,7 @@
 """The training loop shared by every recipe: sampling, EMA, validation, resumable state, logging, DDP.
 
 A run directory holds `state.pt` (everything needed to continue bit for bit, written atomically and
-read with `weights_only=True`), `config.json`, `log.jsonl`, `best.safetensors` (EMA weights with the
+read with `weights_only=True`; the one before it is kept as `state.prev.pt`), `config.json`, `log.jsonl`, `best.safetensors` (EMA weights with the
 best validation PSNR) and `last.safetensors` (the EMA weights at the last save).
 """
 
@@ -236,9 +236,31 @@ class Trainer:
             "resumed_with": json.dumps(self.resumed_with),
         }
 
+    @property
+    def previous_state_path(self) -> Path:
+        return self.run_dir / "state.prev.pt"
+
+    def _read_state(self) -> dict[str, Any]:
+        """The newest readable state: `state.pt`, else (said so) the one before it, `state.prev.pt`, when the
+        newest is missing (a kill between the two writes of `save`), truncated or corrupt."""
+        problems = []
+        for path in (self.state_path, self.previous_state_path):
+            if not path.exists():
+                problems.append(f"{path.name} is missing")
+                continue
+            try:
+                state = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception as exc:  # damage fails in the unpickler, the zip reader or torch's own checks
+                problems.append(f"{path.name} is unreadable ({type(exc).__name__})")
+                continue
+            if problems:
+                self.echo(f"{self.run_dir}: {problems[0]}; resuming from {path.name}, the state before it")
+            return state
+        raise ValueError(f"{self.run_dir}: no state to resume from ({'; '.join(problems)})")
+
     def resume(self) -> None:
-        """Load `state.pt`; the config in the run directory must match the one given."""
-        state = torch.load(self.state_path, map_location="cpu", weights_only=True)
+        """Load the newest readable state; the config in the run directory must match the one given."""
+        state = self._read_state()
         saved = json.loads(state["config"])
         current = json.loads(self.config.to_json())
         changed = sorted(k for k in saved if k not in RESUMABLE_CHANGES and saved[k] != current.get(k))
@@ -264,6 +286,8 @@ class Trainer:
         them costs about 20 s, 6 % of training at one save per 5 minutes)."""
         state = self.state_dict()  # collective: every rank takes part
         if self.dist.main:
+            if self.state_path.exists():  # the last two states are kept: a damaged newest one is not the end
+                os.replace(self.state_path, self.previous_state_path)
             atomic_torch_save(state, self.state_path)
             metrics = {"validation": self.latest_validation} if self.latest_validation else {}
             self.export(self.run_dir / "last.safetensors", metrics, refresh_statistics)

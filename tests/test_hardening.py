@@ -1,0 +1,356 @@
+"""Issue #27: under faults, hostile files and odd options, nothing is lost, nothing lands where it should
+not, and every failure says what went wrong. One test (or more) per item; each fails without its guard."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from conftest import smooth_image
+from upscale_cli.cli import cli
+from upscale_cli.errors import ExitCode
+
+
+def invoke(*args: object, input: bytes | None = None):
+    return CliRunner().invoke(cli, [str(a) for a in args], input=input, catch_exceptions=False)
+
+
+def write_png(path: Path, size: int = 16, seed: int = 0) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(smooth_image(size, size, seed)).save(path, format="PNG")
+    return path
+
+
+def all_files(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
+
+
+# ----- 1. name templates stay inside the output folder --------------------------------------------
+
+@pytest.mark.parametrize("template", ["../{stem}.png", "/tmp/upscale_escape_{stem}.png", "{stem.__class__}.png",
+                                      "{stem:>300}.png", "{stem!r}.png", "{0}.png", "{}.png", "a/../../{stem}.png"])
+def test_name_templates_cannot_leave_the_output_folder(tmp_path: Path, template: str) -> None:
+    source = write_png(tmp_path / "in" / "a.png")
+    before = all_files(tmp_path)
+    result = invoke(source, "-m", "bicubic", "-o", tmp_path / "out", "--name", template)
+    assert result.exit_code == ExitCode.USAGE and "--name" in result.output
+    assert all_files(tmp_path) == before and not Path("/tmp/upscale_escape_a.png").exists()
+
+
+def test_a_stem_that_makes_dot_dot_is_refused_per_file(tmp_path: Path) -> None:
+    source = write_png(tmp_path / "in" / "...png")  # its stem is ".."
+    result = invoke(source, "-m", "bicubic", "-o", tmp_path / "out" / "deep", "--name", "{stem}/{model}.{ext}")
+    assert result.exit_code == ExitCode.SOME_FAILED and "inside the output folder" in result.output
+    assert not (tmp_path / "out" / "bicubic.png").exists()
+
+
+# ----- 5. stdin into a folder ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("trailing", ["/", ""])
+def test_stdin_into_a_folder_writes_stdin_x4(tmp_path: Path, trailing: str) -> None:
+    data = write_png(tmp_path / "a.png").read_bytes()
+    folder = tmp_path / "results"
+    if not trailing:
+        folder.mkdir()
+    result = invoke("-", "-m", "bicubic", "-o", f"{folder}{trailing}", input=data)
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in folder.iterdir()) == ["stdin_x4.png"]
+
+
+# ----- 6. an output folder inside a recursive input tree is not input -----------------------------
+
+def test_rerun_does_not_upscale_outputs_inside_the_input_tree(tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    write_png(tree / "a.png")
+    write_png(tree / "sub" / "b.png", seed=1)
+    for _ in range(2):
+        result = invoke(tree, "-r", "-m", "bicubic", "-o", tree / "out", "--skip-existing", "--json")
+        assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert records[-1]["summary"]["skipped"] == 2 and len(records) == 3
+    assert all_files(tree) == {"a.png", "sub/b.png", "out/a_x4.png", "out/sub/b_x4.png"}
+
+
+# ----- 17. odd option values are usage errors before any work -------------------------------------
+
+@pytest.mark.parametrize("args, message", [
+    (("-x", "nan"), "finite"), (("-x", "inf"), "finite"), (("-x", "0.5"), ">= 1"),
+    (("--tile-overlap", "5000"), "--tile-overlap"), (("--threads", "100000"), "--threads"),
+    (("--device", "tpu"), "not a device"), (("--device", "cuda:x"), "not a device"),
+])
+def test_odd_options_are_usage_errors(tmp_path: Path, args: tuple[str, ...], message: str) -> None:
+    source = write_png(tmp_path / "a.png")
+    result = invoke(source, "-m", "bicubic", "-o", tmp_path / "out.png", *args)
+    assert result.exit_code == ExitCode.USAGE and message in result.output
+    assert not (tmp_path / "out.png").exists()
+
+
+def test_a_large_overlap_with_auto_tiles_runs(tmp_path: Path, tiny_checkpoint: Path) -> None:
+    """An overlap beyond what the auto tile would be gets a tile larger than the overlap, not a per-file error."""
+    source = write_png(tmp_path / "a.png", size=40)
+    result = invoke(source, "-m", tiny_checkpoint, "--tile-overlap", "600", "-o", tmp_path / "out.png")
+    assert result.exit_code == 0, result.output
+
+
+# ----- 18. control characters in file names are escaped -------------------------------------------
+
+def test_control_characters_in_names_cannot_forge_report_lines(tmp_path: Path) -> None:
+    bad = tmp_path / "x\nwrote forged.png\x1b[2K.png"
+    bad.write_bytes(b"not an image")
+    result = invoke(bad, "-m", "bicubic", "-o", tmp_path / "out")
+    assert result.exit_code == ExitCode.SOME_FAILED
+    assert not any(line.startswith("wrote") for line in result.output.splitlines())
+    assert "\x1b" not in result.output and "x\\nwrote forged.png\\x1b[2K.png" in result.output
+
+
+# ----- 19. globs and folders never follow link loops, and take each file once ---------------------
+
+def test_globs_do_not_follow_symlink_loops_and_take_each_file_once(tmp_path: Path) -> None:
+    write_png(tmp_path / "d" / "a.png")
+    (tmp_path / "d" / "loop").symlink_to("..")
+    (tmp_path / "d" / "root").symlink_to("/")
+    (tmp_path / "d" / "same.png").symlink_to("a.png")
+    code = textwrap.dedent(f"""
+        from upscale_cli.cli.batch import expand_inputs
+        jobs, missing = expand_inputs(({str(tmp_path / 'd' / '**' / '*.png')!r}, {str(tmp_path / 'd')!r}), None, True)
+        print(len(jobs), len(missing))
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert done.stdout.split() == ["1", "0"]
+
+
+# ----- 11, 12. checkpoints checked against their header before anything is allocated -------------
+
+def checkpoint_with(tmp_path: Path, config: dict, tensors: dict[str, torch.Tensor] | None = None) -> Path:
+    """A file in our format whose metadata claims `config` and which holds `tensors` (a tiny model's by default)."""
+    from safetensors.torch import save_file
+
+    from upscale_cli.archs.srresnet import SRResNet, SRResNetConfig
+
+    if tensors is None:
+        tensors = SRResNet(SRResNetConfig(channels=8, blocks=1)).state_dict()
+    path = tmp_path / "hostile.safetensors"
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), metadata={
+        "format": "upscale-cli", "format_version": "1", "arch": "srresnet", "scale": "4",
+        "config": json.dumps({"scale": 4, **config})})
+    return path
+
+
+@pytest.mark.parametrize("config, message", [
+    ({"channels": 10**7}, "expected an int in [0, 4096]"), ({"blocks": -1}, "expected an int"),
+    ({"channels": "64"}, "expected an int"), ({"norm": ["batch"]}, "expected a string"),
+])
+def test_config_values_are_checked_before_building(tmp_path: Path, config: dict, message: str) -> None:
+    source = write_png(tmp_path / "a.png")
+    result = invoke(source, "-m", checkpoint_with(tmp_path, config), "-o", tmp_path / "out.png")
+    assert result.exit_code == ExitCode.MODEL and message in result.output
+
+
+def test_a_config_asking_for_a_huge_network_is_refused_without_allocating(tmp_path: Path) -> None:
+    """2048 channels x 16 blocks would be 4.8 GB of float32: the header check refuses it first."""
+    path = checkpoint_with(tmp_path, {"channels": 2048, "blocks": 16})
+    code = textwrap.dedent(f"""
+        import resource, sys
+        from upscale_cli.checkpoint import load_model
+        from upscale_cli.errors import CheckpointError
+        try:
+            load_model({str(path)!r})
+        except CheckpointError as exc:
+            print("refused", "shape mismatches" in str(exc) and "missing tensors" in str(exc))
+        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    refused, peak_mib = done.stdout.splitlines()
+    assert refused == "refused True" and int(peak_mib) < 1500
+
+
+def test_integer_weights_are_refused_naming_the_tensor(tmp_path: Path) -> None:
+    from upscale_cli.archs.srresnet import SRResNet, SRResNetConfig
+
+    tensors = SRResNet(SRResNetConfig(channels=8, blocks=1)).state_dict()
+    name = next(k for k, v in tensors.items() if v.dtype.is_floating_point)
+    tensors[name] = tensors[name].round().to(torch.int32)
+    source = write_png(tmp_path / "a.png")
+    result = invoke(source, "-m", checkpoint_with(tmp_path, {"channels": 8, "blocks": 1}, tensors),
+                    "-o", tmp_path / "out.png")
+    assert result.exit_code == ExitCode.MODEL and f"tensor {name} is I32" in result.output
+    assert not (tmp_path / "out.png").exists()
+
+
+# ----- 4, 9. a full disk or a closed stdout stops the batch, never "wrote" -------------------------
+
+def test_a_full_disk_stops_the_batch_at_the_first_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import upscale_cli.image_io as image_io
+
+    for i in range(4):
+        write_png(tmp_path / "in" / f"{i}.png", seed=i)
+    attempts = []
+
+    def full(path: object, write: object, overwrite: bool = True) -> None:
+        attempts.append(path)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(image_io, "write_atomically", full)
+    result = invoke(tmp_path / "in", "-m", "bicubic", "-o", tmp_path / "out")
+    assert result.exit_code == ExitCode.SOME_FAILED and len(attempts) == 1
+    assert "stopped early: " in result.output and "cannot write: No space left on device; 1 failed" in result.output
+
+
+def test_stdout_to_a_full_device_is_an_error(tmp_path: Path) -> None:
+    source = write_png(tmp_path / "a.png")
+    with open("/dev/full", "wb") as full:
+        done = subprocess.run([sys.executable, "-m", "upscale_cli", str(source), "-m", "bicubic", "-o", "-"],
+                              stdout=full, stderr=subprocess.PIPE, text=True, timeout=120)
+    assert done.returncode == ExitCode.SOME_FAILED and "<stdout>: cannot write" in done.stderr
+    assert "wrote" not in done.stderr
+
+
+def test_json_and_image_bytes_cannot_share_stdout(tmp_path: Path) -> None:
+    result = invoke(write_png(tmp_path / "a.png"), "-m", "bicubic", "-o", "-", "--json")
+    assert result.exit_code == ExitCode.USAGE and "--json" in result.output
+
+
+# ----- 8. SIGTERM behaves like Ctrl-C -----------------------------------------------------------------
+
+def test_sigterm_finishes_cleanly_with_a_summary(tmp_path: Path, tiny_checkpoint: Path) -> None:
+    for i in range(40):
+        write_png(tmp_path / "in" / f"{i:02d}.png", size=96, seed=i)
+    out = tmp_path / "out"
+    process = subprocess.Popen([sys.executable, "-m", "upscale_cli", str(tmp_path / "in"), "-m", str(tiny_checkpoint),
+                                "-o", str(out), "--tile", "32", "--threads", "1"],
+                               stderr=subprocess.PIPE, text=True)
+    assert process.stderr is not None
+    lines = []
+    for line in process.stderr:
+        lines.append(line)
+        if line.startswith("wrote"):
+            process.send_signal(signal.SIGTERM)
+            break
+    rest = process.stderr.read()
+    assert process.wait(timeout=60) == ExitCode.TERMINATED, "".join(lines) + rest
+    assert "stopped early: terminated" in rest and rest.rstrip().endswith("terminated")
+    written = sorted(out.iterdir())
+    assert 1 <= len(written) < 40 and not [p for p in written if p.name.startswith(".")]
+    for path in written:
+        with Image.open(path) as image:
+            image.load()
+            assert image.size == (384, 384)
+
+
+def test_sigterm_handler_is_restored_after_a_command(tmp_path: Path) -> None:
+    before = signal.getsignal(signal.SIGTERM)
+    invoke(write_png(tmp_path / "a.png"), "-m", "bicubic", "-o", tmp_path / "out.png")
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+@pytest.mark.skipif(not hasattr(os, "getpgid"), reason="POSIX signals")
+def test_terminated_is_a_keyboard_interrupt() -> None:
+    """Every cleanup path written for Ctrl-C (temporary files, the training state) also runs on SIGTERM."""
+    from upscale_cli.errors import Terminated
+
+    assert issubclass(Terminated, KeyboardInterrupt)
+
+
+# ----- 2, 3, 7. the atomic writer: name limits, no hard links, leftovers of killed runs ----------------
+
+def test_a_name_that_fits_the_limit_is_written_despite_the_temporary_suffix(tmp_path: Path) -> None:
+    from upscale_cli.image_io import write_image
+
+    limit = os.pathconf(tmp_path, "PC_NAME_MAX")
+    for name in ("a" * (limit - 4) + ".png", "\u00e9" * ((limit - 4) // 2) + ".png"):  # ASCII, and 2-byte characters
+        assert len(name.encode()) <= limit
+        write_image(tmp_path / name, b"data")
+        assert (tmp_path / name).read_bytes() == b"data"
+    assert sorted(os.listdir(tmp_path)) == sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("."))
+
+
+@pytest.mark.parametrize("renameat2", [True, False], ids=["renameat2", "check-then-rename"])
+def test_without_hard_links_the_final_name_only_ever_holds_a_whole_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, renameat2: bool) -> None:
+    import upscale_cli.atomic as atomic
+    from upscale_cli.image_io import write_image
+
+    target = tmp_path / "out.png"
+    opened, real_open = [], os.open
+
+    def no_links(*_args: object) -> None:
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    def spying_open(path: object, *args: object, **kwargs: object) -> int:
+        opened.append(Path(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "link", no_links)
+    monkeypatch.setattr(os, "open", spying_open)
+    if not renameat2:
+        monkeypatch.setattr(atomic.ctypes, "CDLL", lambda *a, **k: object())  # a libc without renameat2
+    write_image(target, b"whole file")
+    assert target.read_bytes() == b"whole file" and target not in opened  # no placeholder at the final name
+    with pytest.raises(Exception, match="exists"):
+        write_image(target, b"second")
+    assert target.read_bytes() == b"whole file" and sorted(os.listdir(tmp_path)) == ["out.png"]
+
+
+def test_temporaries_of_killed_runs_are_removed_and_live_ones_kept(tmp_path: Path) -> None:
+    import upscale_cli.atomic as atomic
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    out = tmp_path / "out"
+    out.mkdir()
+    stale = out / f".a_x4.png.upscale-{atomic._HOST}-{dead.pid}-0123abcd.tmp"
+    live = out / f".b_x4.png.upscale-{atomic._HOST}-{os.getpid()}-0123abcd.tmp"
+    elsewhere = out / ".c_x4.png.upscale-zzzz-1-0123abcd.tmp"  # not ours: another naming
+    for path in (stale, live, elsewhere):
+        path.write_bytes(b"partial")
+    result = invoke(write_png(tmp_path / "a.png"), "-m", "bicubic", "-o", out)
+    assert result.exit_code == 0 and f"removed {stale}" in result.output
+    assert not stale.exists() and live.exists() and elsewhere.exists() and (out / "a_x4.png").exists()
+
+
+# ----- 10. two processes with --skip-existing on one folder ---------------------------------------------
+
+def test_a_file_another_process_finishes_meanwhile_is_a_skip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    source = write_png(tmp_path / "a.png")
+    assert invoke(source, "-m", "bicubic", "-o", tmp_path / "winner").exit_code == 0
+    finished = (tmp_path / "winner" / "a_x4.png").read_bytes()
+    target = tmp_path / "out" / "a_x4.png"
+    real_fsync = os.fsync
+
+    def fsync_while_the_winner_publishes(fd: int) -> None:
+        real_fsync(fd)
+        if not target.exists():
+            target.write_bytes(finished)
+
+    monkeypatch.setattr(os, "fsync", fsync_while_the_winner_publishes)
+    result = invoke(source, "-m", "bicubic", "-o", tmp_path / "out", "--skip-existing")
+    assert result.exit_code == 0, result.output
+    assert "skipped (finished by another process)" in result.output and target.read_bytes() == finished
+
+
+def test_a_file_another_live_process_is_writing_is_skipped_with_a_note(tmp_path: Path) -> None:
+    import upscale_cli.atomic as atomic
+
+    source = write_png(tmp_path / "a.png")
+    out = tmp_path / "out"
+    out.mkdir()
+    writer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (out / f".a_x4.png.upscale-{atomic._HOST}-{writer.pid}-0123abcd.tmp").write_bytes(b"partial")
+        result = invoke(source, "-m", "bicubic", "-o", out, "--skip-existing")
+    finally:
+        writer.kill()
+        writer.wait()
+    assert result.exit_code == 0 and "skipped (being written by another process)" in result.output
+    assert not (out / "a_x4.png").exists()
