@@ -354,3 +354,111 @@ def test_a_file_another_live_process_is_writing_is_skipped_with_a_note(tmp_path:
         writer.wait()
     assert result.exit_code == 0 and "skipped (being written by another process)" in result.output
     assert not (out / "a_x4.png").exists()
+
+
+# ----- 13, 14, 16. damaged, endless and oversized inputs; a corrupt EXIF block ---------------------------
+
+def jpeg_bytes(size: int = 128, **save: object) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    Image.fromarray(smooth_image(size, size, 3)).save(buffer, "JPEG", quality=90, **save)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("progressive", [False, True])
+def test_a_tiny_jpeg_whose_header_claims_a_large_size_is_refused(progressive: bool) -> None:
+    import struct
+
+    from upscale_cli.errors import ImageReadError
+    from upscale_cli.image_io import read_image
+
+    data = jpeg_bytes(progressive=progressive)
+    frame = data.index(b"\xff\xc2" if progressive else b"\xff\xc0")
+    forged = bytearray(data[: data.index(b"\xff\xda") + 60] + b"\xff\xd9")  # headers, a sliver of scan, EOI
+    forged[frame + 5 : frame + 9] = struct.pack(">HH", 3000, 4000)
+    with pytest.raises(ImageReadError, match="too few bytes for a 4000 x 3000 JPEG"):
+        read_image(bytes(forged))
+    assert read_image(data).width == 128  # the genuine file reads
+
+
+class EndlessStream:
+    """A binary stream of `head` then zeros forever, counting what was read."""
+
+    def __init__(self, head: bytes) -> None:
+        self.head, self.read_bytes = head, 0
+
+    def read(self, size: int = -1) -> bytes:
+        assert size > 0, "an unbounded read of an endless stream"
+        block = (self.head + bytes(size))[:size] if self.read_bytes == 0 else bytes(size)
+        self.read_bytes += len(block)
+        return block
+
+
+def test_endless_streams_are_refused_within_a_bounded_read() -> None:
+    from upscale_cli.errors import ImageReadError
+    from upscale_cli.image_io import byte_limit, read_image
+
+    zeros = EndlessStream(b"")
+    with pytest.raises(ImageReadError, match="not an image"):
+        read_image(zeros, name="<stdin>")
+    assert zeros.read_bytes <= 1 << 20
+    png_then_zeros = EndlessStream(b"\x89PNG\r\n\x1a\n")
+    with pytest.raises(ImageReadError, match="more than any image within the pixel limit"):
+        read_image(png_then_zeros, max_pixels=10_000, name="<stdin>")
+    assert png_then_zeros.read_bytes <= byte_limit(10_000) + 1
+
+
+def test_a_header_that_declares_too_many_pixels_is_refused_from_the_first_block() -> None:
+    from upscale_cli.errors import ImageReadError
+    from upscale_cli.image_io import read_image
+
+    stream = EndlessStream(jpeg_bytes(size=256))
+    with pytest.raises(ImageReadError, match="above the limit"):
+        read_image(stream, max_pixels=1000, name="<stdin>")
+    assert stream.read_bytes <= 1 << 20
+
+
+def test_a_huge_sparse_file_is_refused_without_reading_it(tmp_path: Path) -> None:
+    path = tmp_path / "sparse.png"
+    with open(path, "wb") as handle:
+        handle.write(b"\x89PNG\r\n\x1a\n")
+        handle.truncate(1 << 40)  # a terabyte, no blocks on disk
+    result = invoke(path, "-m", "bicubic", "-o", tmp_path / "out.png", "--max-pixels", "1000000")
+    assert result.exit_code == ExitCode.SOME_FAILED and f"{1 << 40} bytes: more than any image" in result.output
+
+
+def test_a_corrupt_exif_block_is_dropped_with_a_note_and_the_tag_kept(tmp_path: Path) -> None:
+    from upscale_cli.image_io import software_tag
+
+    source = tmp_path / "camera.jpg"
+    Image.fromarray(smooth_image(16, 16, 1)).save(source, exif=b"Exif\x00\x00II*\x00\xff\xff\x00\x00broken")
+    done = subprocess.run([sys.executable, "-m", "upscale_cli", str(source), "-m", "bicubic", "-o",
+                           str(tmp_path / "out.jpg")], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "its EXIF block is corrupt and was dropped" in done.stderr and "Warning" not in done.stderr
+    assert (software_tag(tmp_path / "out.jpg") or "").startswith("upscale ")
+
+
+# ----- 15. the MATLAB resize: memory follows the output, the cache is bounded by bytes ------------------
+
+def test_resizing_a_thin_strip_costs_no_dense_matrix() -> None:
+    """A 2 x 100,000 strip x4: a dense (out x in) float64 matrix would be 320 GB; the banded one is ~10 MB."""
+    from upscale_cli.resize import imresize
+
+    strip = torch.linspace(0, 1, 100_000, dtype=torch.float64).expand(1, 2, -1)
+    wide = imresize(strip, scale=4)
+    assert wide.shape == (1, 8, 400_000)
+    assert torch.allclose(wide[0, 0, 1000:-1000], torch.linspace(0, 1, 400_000, dtype=torch.float64)[1000:-1000],
+                          atol=1e-5)  # a ramp stays a ramp away from the mirrored ends
+
+
+def test_the_resize_cache_stays_within_its_byte_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    import upscale_cli.resize as resize
+
+    monkeypatch.setattr(resize, "CACHE_BYTES", 1 << 20)
+    monkeypatch.setattr(resize, "_cache", type(resize._cache)())
+    for width in range(1000, 1060):  # a batch of images of many sizes
+        resize.imresize(torch.zeros(1, 4, width), scale=4)
+    assert sum(resize._matrix_bytes(m) for m in resize._cache.values()) <= 1 << 20
+    assert 1 < len(resize._cache) < 60

@@ -16,11 +16,12 @@ import io
 import os
 import struct
 import threading
+import warnings
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, BinaryIO
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -36,6 +37,11 @@ _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeEr
 _CORRUPT = "truncated or corrupt image data"
 _NOT_IMAGE = "not an image file (or an unsupported format)"
 _EXISTS = "exists (use --overwrite or --skip-existing)"
+_MAX_BYTES_PER_PIXEL = 16  # float32 RGBA, uncompressed
+_METADATA_ALLOWANCE = 64 << 20  # EXIF, ICC profiles, previews and thumbnails beside the pixels
+_READ_BLOCK = 1 << 20
+_HUFFMAN_FRAMES = (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7)  # SOF markers of Huffman-coded JPEGs
+_HEAD_BYTES = 1 << 16  # where headers end in all but files with huge metadata before the frame header
 
 _GRAY16_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
 _GRAY_MODES = frozenset({"1", "L", "LA", "La"})
@@ -80,6 +86,7 @@ class LoadedImage:
     format: str
     icc_profile: bytes | None
     exif: bytes | None
+    notes: tuple[str, ...] = ()  # what was wrong but harmless (a corrupt EXIF block dropped), one line each
 
     @property
     def width(self) -> int:
@@ -94,18 +101,25 @@ class LoadedImage:
 
 # --- reading -----------------------------------------------------------------------------------------
 
-def read_image(source: str | os.PathLike | bytes, max_pixels: int = MAX_PIXELS_DEFAULT,
+def read_image(source: str | os.PathLike | bytes | BinaryIO, max_pixels: int = MAX_PIXELS_DEFAULT,
                name: str | None = None) -> LoadedImage:
-    """Decode a file (or its raw bytes) into an upright `LoadedImage`; every failure is one `ImageReadError`."""
+    """Decode a file (its raw bytes, or a binary stream such as stdin) into an upright `LoadedImage`; every
+    failure is one `ImageReadError`."""
     if name is not None:
         label: object = name
     else:
-        label = "<bytes>" if isinstance(source, (bytes, bytearray)) else os.fspath(source)
-    data = _read_source(source, label)
-    with _pillow_limit_lifted(), _open(data, label) as img:
-        _check_size(img, max_pixels, label)
-        _check_still(img, label)
-        return _decode(img, data, label)
+        label = "<bytes>" if isinstance(source, (bytes, bytearray)) else (
+            "<stream>" if hasattr(source, "read") else os.fspath(source))
+    data = _read_source(source, label, max_pixels)
+    with warnings.catch_warnings(record=True) as caught, _pillow_limit_lifted():
+        warnings.simplefilter("always")
+        with _open(data, label) as img:
+            _check_size(img, max_pixels, label)
+            _check_still(img, label)
+            image = _decode(img, data, label)
+    said = [f"decoder: {str(w.message).strip()}" for w in caught if not isinstance(w.message, DeprecationWarning)
+            and not (image.notes and "EXIF" in str(w.message))]  # a dropped EXIF block is said once
+    return replace(image, notes=image.notes + tuple(dict.fromkeys(said)))
 
 
 def software_tag(path: str | os.PathLike) -> str | None:
@@ -144,14 +158,25 @@ def _png_exif_before_data(handle: Any) -> bytes | None:
             return payload
 
 
-def _read_source(source: str | os.PathLike | bytes, label: object) -> bytes:
-    """The whole file as bytes (read at once, so the file is closed before decoding starts)."""
+def _read_source(source: str | os.PathLike | bytes | BinaryIO, label: object, max_pixels: int) -> bytes:
+    """The whole input as bytes, read at once (the file is closed before decoding starts), but never more
+    than an image of `max_pixels` can take (`byte_limit`), and refused after its first block when that
+    block is no image or its header already declares too many pixels: a huge file, an endless stream or
+    `/dev/zero` on stdin cannot fill memory."""
+    limit = byte_limit(max_pixels)
     if isinstance(source, (bytes, bytearray)):
         data = bytes(source)
+        if len(data) > limit:
+            raise ImageReadError(label, _too_many_bytes(f"{len(data)} bytes", limit))
+    elif hasattr(source, "read"):
+        data = _read_bounded(source, label, limit, max_pixels)
     else:
         try:
             with open(source, "rb") as file:
-                data = file.read()
+                size = os.fstat(file.fileno()).st_size
+                if size > limit:
+                    raise ImageReadError(label, _too_many_bytes(f"{size} bytes", limit))
+                data = _read_bounded(file, label, limit, max_pixels)
         except FileNotFoundError:
             raise ImageReadError(label, "file not found") from None
         except IsADirectoryError:
@@ -161,6 +186,50 @@ def _read_source(source: str | os.PathLike | bytes, label: object) -> bytes:
     if not data:
         raise ImageReadError(label, "empty file")
     return data
+
+
+def byte_limit(max_pixels: int) -> int:
+    """The most bytes an input of `max_pixels` pixels may have: float32 RGBA uncompressed (the most any
+    supported format stores per pixel) plus room for metadata and previews."""
+    return max_pixels * _MAX_BYTES_PER_PIXEL + _METADATA_ALLOWANCE
+
+
+def _too_many_bytes(size: str, limit: int) -> str:
+    return f"{size}: more than any image within the pixel limit takes ({limit} bytes; raise it with --max-pixels)"
+
+
+def _read_bounded(stream: BinaryIO, label: object, limit: int, max_pixels: int) -> bytes:
+    """Read `stream` to its end in blocks; its first `_HEAD_BYTES` (or all of it, if shorter) are checked
+    by `_check_head` as soon as they are in."""
+    blocks: list[bytes] = []
+    total, checked = 0, False
+    while True:
+        block = stream.read(min(_READ_BLOCK, limit + 1 - total))
+        if block:
+            blocks.append(block)
+            total += len(block)
+        if not checked and (total >= _HEAD_BYTES or not block) and total:
+            _check_head(b"".join(blocks), label, max_pixels)
+            checked = True
+        if not block:
+            return b"".join(blocks)
+        if total > limit:
+            raise ImageReadError(label, _too_many_bytes(f"more than {limit} bytes", limit))
+
+
+def _check_head(head: bytes, label: object, max_pixels: int) -> None:
+    """Refuse from the first block alone: no image signature, or a header (when it fits in the block)
+    that declares more than `max_pixels`."""
+    if not _has_image_signature(head):
+        raise ImageReadError(label, _NOT_IMAGE)
+    try:
+        with _pillow_limit_lifted(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the whole file is read again, and its warnings said, later
+            with Image.open(io.BytesIO(head), formats=_INPUT_FORMATS) as img:
+                size = img.size
+    except _DECODE_ERRORS:  # the header goes on past the block: the whole file is checked later
+        return
+    _check_size_of(size, max_pixels, label)
 
 
 _pillow_limit_lock = threading.Lock()
@@ -203,7 +272,11 @@ def _has_image_signature(data: bytes) -> bool:
 
 def _check_size(img: Image.Image, max_pixels: int, label: object) -> None:
     """Refuse images above `max_pixels` from the header alone, before any pixel is decoded."""
-    width, height = img.size
+    _check_size_of(img.size, max_pixels, label)
+
+
+def _check_size_of(size: tuple[int, int], max_pixels: int, label: object) -> None:
+    width, height = size
     if width * height > max_pixels:
         raise ImageReadError(
             label,
@@ -231,9 +304,14 @@ def _decode(img: Image.Image, data: bytes, label: object) -> LoadedImage:
         rgb, alpha = _decode_16bit_colour(data, grey_alpha_png, label)
         grayscale, bit_depth = grey_alpha_png, 16
     else:
+        if img.format in ("JPEG", "MPO") and _jpeg_too_small(data, img.width, img.height):
+            raise ImageReadError(label, f"{_CORRUPT} (too few bytes for a {img.width} x {img.height} JPEG)")
         _load(img, label)
         rgb, alpha, grayscale, bit_depth = _pillow_planes(img, label)
     exif, orientation = _exif_and_orientation(img)
+    notes = ()
+    if exif is not None and not _exif_readable(exif):
+        exif, notes = None, ("its EXIF block is corrupt and was dropped (the pixels are fine)",)
     return LoadedImage(
         rgb=_upright(rgb, orientation),
         alpha=None if alpha is None else _upright(alpha, orientation),
@@ -242,6 +320,7 @@ def _decode(img: Image.Image, data: bytes, label: object) -> LoadedImage:
         format="jpeg" if img.format == "MPO" else img.format.lower(),
         icc_profile=_matching_profile(img.info.get("icc_profile"), grayscale),
         exif=exif,
+        notes=notes,
     )
 
 
@@ -251,6 +330,33 @@ def _load(img: Image.Image, label: object) -> None:
         img.load()
     except _DECODE_ERRORS as error:
         raise ImageReadError(label, _CORRUPT) from error
+
+
+def _jpeg_too_small(data: bytes, width: int, height: int) -> bool:
+    """Whether a Huffman-coded JPEG has fewer bits than it has 8x8 luma blocks. Every block's DC value
+    takes at least one bit of Huffman code, so such a file must be truncated, whatever its header says
+    (libjpeg would fill the rest with grey and only warn). Arithmetic coding can spend less than a bit on
+    a block: those files are not judged."""
+    return _jpeg_frame_marker(data) in _HUFFMAN_FRAMES and len(data) * 8 < -(-width // 8) * -(-height // 8)
+
+
+def _jpeg_frame_marker(data: bytes) -> int | None:
+    """The SOFn marker byte of a JPEG (the coding: baseline, progressive, arithmetic...), walking its
+    segments from the start; None if the scan starts first or the segments are broken."""
+    position = 2
+    while position + 4 <= len(data):
+        if data[position] != 0xFF:
+            return None
+        marker = data[position + 1]
+        if marker == 0xFF:  # fill byte
+            position += 1
+            continue
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            return marker
+        if marker == 0xDA:
+            return None
+        position += 2 + int.from_bytes(data[position + 2 : position + 4], "big")
+    return None
 
 
 def _is_16bit_colour(img: Image.Image, data: bytes) -> bool:
@@ -366,6 +472,23 @@ def _orientation_entry(tiff: bytes | bytearray) -> tuple[int, str] | None:
     except struct.error:
         return None
     return None
+
+
+def _exif_readable(exif: bytes) -> bool:
+    """Whether an EXIF block's first IFD lies inside it and Pillow reads the block without complaint."""
+    tiff = exif.removeprefix(_EXIF_HEADER)
+    try:
+        order = _byte_order(tiff)
+        magic, ifd = struct.unpack_from(order + "HI", tiff, 2)
+        (count,) = struct.unpack_from(order + "H", tiff, ifd)
+        if magic != 42 or ifd + 2 + 12 * count > len(tiff):
+            return False
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            Image.Exif().load(exif)
+    except (ValueError, struct.error, UserWarning, *_DECODE_ERRORS):
+        return False
+    return True
 
 
 def _matching_profile(profile: Any, grayscale: bool) -> bytes | None:

@@ -5,15 +5,19 @@ a = -0.5, widened by the scale factor when shrinking (antialiasing), symmetric e
 PIL, OpenCV and `torch.nn.functional.interpolate` all differ from it by tenths of a dB, so training
 data, LR-consistency checks and the bicubic baseline all go through this one function.
 
-Each axis is resized by one dense matrix (out x in) built once and cached, so a resize is two matmuls.
+Each axis is resized by one sparse matrix (out x in, a few taps per row: its memory follows the output,
+not out x in) built once and kept in a cache bounded by bytes, so a resize is two sparse matmuls and an
+extreme aspect ratio or a batch of many sizes costs no more than its outputs.
 """
 
 from __future__ import annotations
 
 import math
-from functools import lru_cache
+from collections import OrderedDict
 
 import torch
+
+CACHE_BYTES = 64 << 20  # the resize matrices kept for reuse, at most
 
 
 def _cubic(x: torch.Tensor) -> torch.Tensor:
@@ -25,9 +29,28 @@ def _cubic(x: torch.Tensor) -> torch.Tensor:
     return near + far
 
 
-@lru_cache(maxsize=64)
+_cache: OrderedDict[tuple[int, int, float, bool], torch.Tensor] = OrderedDict()
+
+
 def _resize_matrix(in_len: int, out_len: int, scale: float, antialias: bool) -> torch.Tensor:
-    """The (out_len, in_len) float64 matrix that resizes one axis exactly as MATLAB does."""
+    """The sparse (out_len, in_len) float64 matrix (coalesced COO) that resizes one axis exactly as MATLAB does, from a
+    cache holding at most CACHE_BYTES of matrices (least recently used ones go first)."""
+    key = (in_len, out_len, scale, antialias)
+    if key in _cache:
+        _cache.move_to_end(key)
+        return _cache[key]
+    matrix = _build_resize_matrix(*key)
+    _cache[key] = matrix
+    while len(_cache) > 1 and sum(_matrix_bytes(m) for m in _cache.values()) > CACHE_BYTES:
+        _cache.popitem(last=False)
+    return matrix
+
+
+def _matrix_bytes(matrix: torch.Tensor) -> int:
+    return sum(t.numel() * t.element_size() for t in (matrix.indices(), matrix.values()))
+
+
+def _build_resize_matrix(in_len: int, out_len: int, scale: float, antialias: bool) -> torch.Tensor:
     kernel_width = 4.0
     shrink = antialias and scale < 1
     if shrink:
@@ -44,9 +67,16 @@ def _resize_matrix(in_len: int, out_len: int, scale: float, antialias: bool) -> 
     # Symmetric boundary: index sequence 1..n, n..1 repeated.
     mirror = torch.cat([torch.arange(in_len), torch.arange(in_len - 1, -1, -1)])
     src = mirror[(idx.long() - 1) % (2 * in_len)]
-    matrix = torch.zeros(out_len, in_len, dtype=torch.float64)
-    matrix.scatter_add_(1, src, weights)
-    return matrix
+    rows = torch.arange(out_len)[:, None].expand_as(src)
+    return torch.sparse_coo_tensor(torch.stack([rows.reshape(-1), src.reshape(-1)]), weights.reshape(-1),
+                                   (out_len, in_len), check_invariants=True).coalesce()  # mirrored taps add up
+
+
+def _resize_axis(x: torch.Tensor, matrix: torch.Tensor, axis: int) -> torch.Tensor:
+    """`matrix` (out, in) applied along `axis` of `x`: the axis moved to the front, flattened, multiplied."""
+    moved = x.movedim(axis, 0)
+    flat = moved.reshape(moved.shape[0], -1)
+    return torch.sparse.mm(matrix, flat).reshape(matrix.shape[0], *moved.shape[1:]).movedim(0, axis)
 
 
 def imresize(image: torch.Tensor, scale: float | None = None, size: tuple[int, int] | None = None,
@@ -70,7 +100,7 @@ def imresize(image: torch.Tensor, scale: float | None = None, size: tuple[int, i
     x = image.to(dtype)
     rows = _resize_matrix(in_h, out_h, float(scale_h), antialias).to(x.device, dtype)
     cols = _resize_matrix(in_w, out_w, float(scale_w), antialias).to(x.device, dtype)
-    return rows @ x @ cols.T
+    return _resize_axis(_resize_axis(x, rows, x.dim() - 2), cols, x.dim() - 1)
 
 
 def quantize(image: torch.Tensor, levels: int = 255) -> torch.Tensor:

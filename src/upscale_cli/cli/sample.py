@@ -85,6 +85,8 @@ def _sample_one(job: Job, upscaler: Any, taus: tuple[float, ...], opts: dict[str
     outcomes: list[Outcome] = []
     try:
         image = read_image(job.source, max_pixels=opts["max_pixels"], name=job.label)
+        for note in image.notes:
+            report.note(f"{job.label}: {note}")
         out_w, out_h = image.width * upscaler.scale, image.height * upscaler.scale
         fmt = output_format(opts["fmt"], image.format, image.alpha is not None)
         drawn: dict[float, list[np.ndarray]] = {}

@@ -129,8 +129,10 @@ def _process(job: Job, upscaler: Any, opts: dict[str, Any], progress: BatchProgr
 
     started = time.perf_counter()
     try:
-        source = sys.stdin.buffer.read() if job.source is None else job.source
+        source = sys.stdin.buffer if job.source is None else job.source
         image = read_image(source, max_pixels=opts["max_pixels"], name=job.label)
+        for note in image.notes:
+            report.note(f"{job.label}: {note}")
         if opts.get("size"):
             image = shorter_side(image, opts["size"])
         extras = upscaler.load_extras(opts["extras"], image.height, image.width)
