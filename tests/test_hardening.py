@@ -462,3 +462,19 @@ def test_the_resize_cache_stays_within_its_byte_budget(monkeypatch: pytest.Monke
         resize.imresize(torch.zeros(1, 4, width), scale=4)
     assert sum(resize._matrix_bytes(m) for m in resize._cache.values()) <= 1 << 20
     assert 1 < len(resize._cache) < 60
+
+
+# ----- fuzz findings (fuzz/fuzz_inputs.py), each kept as a regression test ------------------------------
+
+FUZZ_FINDINGS = Path(__file__).parent / "data" / "fuzz"
+
+
+@pytest.mark.parametrize("name", ["tiff_frame_without_dimensions.tif"])
+def test_fuzz_findings_are_refused_as_corrupt(name: str) -> None:
+    """Each input once escaped the decoder as another exception (the TIFF: a TypeError from Pillow's frame
+    count, which walks every frame's header)."""
+    from upscale_cli.errors import ImageReadError
+    from upscale_cli.image_io import read_image
+
+    with pytest.raises(ImageReadError, match="truncated or corrupt"):
+        read_image(FUZZ_FINDINGS / name)

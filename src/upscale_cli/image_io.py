@@ -292,7 +292,10 @@ def _megapixels(pixels: int) -> str:
 
 def _check_still(img: Image.Image, label: object) -> None:
     """Refuse animations and multi-page files; a camera MPO's extra pictures (depth maps, previews) are ignored."""
-    frames = getattr(img, "n_frames", 1)
+    try:
+        frames = getattr(img, "n_frames", 1)  # counting walks every frame's header
+    except _DECODE_ERRORS as error:
+        raise ImageReadError(label, _CORRUPT) from error
     if frames > 1 and img.format != "MPO":
         raise ImageReadError(label, f"animated image ({frames} frames): only still images are supported")
 
