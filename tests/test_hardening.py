@@ -216,6 +216,20 @@ def test_stdout_to_a_full_device_is_an_error(tmp_path: Path) -> None:
     assert "wrote" not in done.stderr
 
 
+def test_a_reader_that_goes_away_is_an_error_not_a_short_stream(tmp_path: Path) -> None:
+    """A buffered write to a pipe whose reader left returns a short count instead of failing: not "wrote"."""
+    source = tmp_path / "big.png"
+    Image.fromarray(smooth_image(300, 300, 5)).save(source)
+    process = subprocess.Popen([sys.executable, "-m", "upscale_cli", str(source), "-m", "bicubic", "-o", "-"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=False)
+    assert process.stdout is not None and process.stderr is not None
+    assert len(process.stdout.read(10)) == 10
+    process.stdout.close()
+    stderr = process.stderr.read().decode()
+    assert process.wait(timeout=120) == ExitCode.SOME_FAILED and "<stdout>: cannot write: Broken pipe" in stderr
+    assert "wrote" not in stderr
+
+
 def test_json_and_image_bytes_cannot_share_stdout(tmp_path: Path) -> None:
     result = invoke(write_png(tmp_path / "a.png"), "-m", "bicubic", "-o", "-", "--json")
     assert result.exit_code == ExitCode.USAGE and "--json" in result.output

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import glob
 import json
 import string
@@ -377,10 +378,17 @@ def write_output(path: Path | None, rgb: Any, image: Any, fmt: str, opts: dict[s
 
 
 def write_stdout(data: bytes) -> None:
-    """Write all of `data` to standard output; a short write, a closed pipe or a full disk is a StopBatch."""
+    """Write all of `data` to standard output; a closed pipe or a full disk is a StopBatch. A buffered
+    write may take only part of the data (it returned 64 KiB of 3 MB when the reader of a pipe had gone):
+    the rest is written until it is all out or the stream fails."""
+    stream, view = sys.stdout.buffer, memoryview(data)
     try:
-        sys.stdout.buffer.write(data)
-        sys.stdout.buffer.flush()
+        while view:
+            written = stream.write(view)
+            if not written:
+                raise OSError(errno.EIO, "standard output took no more bytes")
+            view = view[written:]
+        stream.flush()
     except OSError as error:
         raise StopBatch("<stdout>", f"cannot write: {error.strerror or error}") from None
 

@@ -51,7 +51,7 @@ def upscale(**opts: Any) -> None:
     """Upscale images: files, folders (-r for subfolders), glob patterns, or '-' for stdin.
 
     Exit codes: 0 all written, 1 some inputs failed (the rest were written), 2 usage error,
-    3 the model could not be loaded or run, 130 interrupted.
+    3 the model could not be loaded or run, 130 interrupted, 143 terminated.
     """
     run_guarded(lambda: _run(opts), opts["verbose"])
 
