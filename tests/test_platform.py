@@ -461,6 +461,29 @@ def test_tiled_equals_untiled_at_the_receptive_radius(arch_id: str, tmp_path: Pa
 
 
 @pytest.mark.parametrize("arch_id", ALL_ARCHITECTURES)
+def test_batchnorm_folded_at_load_changes_no_output(arch_id: str, tmp_path: Path, monkeypatch) -> None:
+    """`load_upscaler` folds BatchNorm into convolutions (#26): the same outputs as the network as trained."""
+    import upscale_cli.engine as engine
+    from test_rewrite import randomise_statistics
+
+    descriptor, model = small_model(arch_id)
+    randomise_statistics(model)
+    scale = descriptor.scale(model.config)
+    path = tmp_path / f"folded_x{scale}.safetensors"
+    save_checkpoint(path, model, CheckpointInfo(arch_id, scale, asdict(model.config), name=path.stem))
+    rgb, options = random_rgb(20, 18, seed=5), options_for(descriptor, 20, 18)
+    folded = load_upscaler(str(path), device="cpu", precision="fp32")
+    assert not any(isinstance(m, nn.BatchNorm2d) and isinstance(prev, nn.Conv2d)
+                   for seq in folded.module.modules() if isinstance(seq, nn.Sequential)
+                   for prev, m in zip(seq, list(seq)[1:]))
+    monkeypatch.setattr(engine, "fold_batchnorm", lambda module: 0)
+    plain = load_upscaler(str(path), device="cpu", precision="fp32")
+    size = (18 * folded.scale, 20 * folded.scale)
+    np.testing.assert_allclose(folded.upscale(rgb, *size, "none", options=options),
+                               plain.upscale(rgb, *size, "none", options=options), atol=2e-5, rtol=0)
+
+
+@pytest.mark.parametrize("arch_id", ALL_ARCHITECTURES)
 def test_odd_sizes_meet_the_size_requirements(arch_id: str, tmp_path: Path) -> None:
     descriptor, _ = small_model(arch_id)
     upscaler = load_upscaler(str(save_small(arch_id, tmp_path)), device="cpu", precision="fp32")

@@ -31,6 +31,7 @@ from upscale_cli.errors import InputError
 from upscale_cli.image_io import lanczos_resize
 from upscale_cli.models import BICUBIC, find_weights, looks_like_path
 from upscale_cli.resize import imresize
+from upscale_cli.rewrite import fold_batchnorm
 from upscale_cli.tiler import TileInput, TileSpec, auto_tile_size, available_memory, upscale_tiled
 
 
@@ -301,6 +302,7 @@ def load_upscaler(model: str, scale: float | None = None, device: str = "auto", 
         return Upscaler(BICUBIC, 4, torch_device, "fp32")
     path = Path(model) if looks_like_path(model) else find_weights(model, scale)
     module, info = load_model(path)
+    fold_batchnorm(module)
     descriptor = get_architecture(info.arch)
     if tta and descriptor.stochastic:
         raise ValueError(f"--tta is for deterministic models; {info.arch} draws samples (--tau 0 gives its mean)")
