@@ -8,6 +8,7 @@ Metadata keys (all strings, as safetensors requires):
   training          JSON: command, data, seed, iterations, ...   (how it was made)
   metrics           JSON: {"Set5": {"psnr_y": ...}, ...}          (measured figures)
   params            the network's parameter count (buffers such as BatchNorm statistics left out)
+  source            JSON, converted files only: the original's file name, sha256, family, licence
 Loading builds the architecture from `arch` + `config` and loads tensors strictly; nothing is guessed.
 """
 
@@ -43,10 +44,12 @@ class CheckpointInfo:
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     params: int | None = None  # absent in checkpoints written before it was recorded
+    source: dict[str, Any] = field(default_factory=dict)  # converted files: where they came from (`convert`)
 
     def to_metadata(self) -> dict[str, str]:
         return {
             **({"params": str(self.params)} if self.params is not None else {}),
+            **({"source": json.dumps(self.source, sort_keys=True)} if self.source else {}),
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "arch": self.arch,
@@ -79,6 +82,7 @@ class CheckpointInfo:
                 training=json.loads(meta.get("training") or "{}"),
                 metrics=json.loads(meta.get("metrics") or "{}"),
                 params=int(meta["params"]) if meta.get("params") else None,
+                source=json.loads(meta.get("source") or "{}"),
             )
         except (ValueError, TypeError) as exc:
             raise CheckpointError(f"{path}: malformed checkpoint metadata ({exc})") from None

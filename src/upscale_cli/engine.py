@@ -26,6 +26,7 @@ from torch import nn
 from upscale_cli.archs import get_architecture
 from upscale_cli.archs.base import AT_OUTPUT, SUPER_RESOLUTION, WHOLE, ModelDescriptor, RunOptions
 from upscale_cli.checkpoint import CheckpointInfo, load_model, weights_digest
+from upscale_cli.convert import cached_conversion, is_foreign
 from upscale_cli.device import resolve_device, resolve_precision
 from upscale_cli.errors import InputError
 from upscale_cli.image_io import lanczos_resize
@@ -157,7 +158,7 @@ class Upscaler:
     def tile_spec(self, spec: str, height: int, width: int) -> TileSpec:
         """The tiling of a `height` x `width` input: `choose_tile`, the overlap and the model's size requirements."""
         assert self.descriptor is not None
-        size = self.descriptor.size
+        size = self.descriptor.size_for(self.module.config)
         return TileSpec(tile=self.choose_tile(spec, height, width), overlap=self.overlap, align=size.multiple,
                         minimum=size.minimum)
 
@@ -301,6 +302,8 @@ def load_upscaler(model: str, scale: float | None = None, device: str = "auto", 
     if model == BICUBIC:
         return Upscaler(BICUBIC, 4, torch_device, "fp32")
     path = Path(model) if looks_like_path(model) else find_weights(model, scale)
+    if is_foreign(path):  # another project's file: converted once, cached by its digest
+        path = cached_conversion(path)
     module, info = load_model(path)
     fold_batchnorm(module)
     descriptor = get_architecture(info.arch)

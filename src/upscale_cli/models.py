@@ -19,14 +19,22 @@ BICUBIC = "bicubic"
 _WEIGHTS_FILE = re.compile(r"^(?P<name>[a-z0-9_-]+?)_x(?P<scale>\d+)\.safetensors$")
 
 
+def user_models_dir() -> Path:
+    """The user's own models (what `upscale convert` writes by default): $XDG_DATA_HOME/upscale/models."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "upscale" / "models"
+
+
 def weights_dirs() -> list[Path]:
-    """Folders searched for named weights: $UPSCALE_WEIGHTS, then the installed and the source-tree copies."""
+    """Folders searched for named weights: $UPSCALE_WEIGHTS, the installed and the source-tree copies, then
+    the user models folder (shipped names win over a user's file of the same name)."""
     dirs = []
     if os.environ.get("UPSCALE_WEIGHTS"):
         dirs.append(Path(os.environ["UPSCALE_WEIGHTS"]))
     package = Path(__file__).resolve().parent
     dirs.append(package / "weights")  # installed: weights/ is packaged as upscale_cli/weights
     dirs.append(package.parent.parent / "weights")  # editable install / source checkout
+    dirs.append(user_models_dir())
     return [d for d in dirs if d.is_dir()]
 
 
@@ -61,8 +69,11 @@ def weights_task(path: Path) -> str | None:
         return None
 
 
+MODEL_FILE_SUFFIXES = (".safetensors", ".pth", ".pt", ".ckpt")
+
+
 def looks_like_path(spec: str) -> bool:
-    return spec.endswith(".safetensors") or os.sep in spec or "/" in spec or Path(spec).is_file()
+    return spec.lower().endswith(MODEL_FILE_SUFFIXES) or os.sep in spec or "/" in spec or Path(spec).is_file()
 
 
 def find_weights(name: str, scale: float | None) -> Path:

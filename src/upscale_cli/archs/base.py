@@ -92,6 +92,17 @@ class SizeRequirements:
     minimum: int = 1
 
 
+@dataclass
+class Recognised:
+    """Another project's state dict read as one of our architectures: which family and key layout it is,
+    the config its shapes give, its tensors under our names, and what does not fit (empty: it all does)."""
+
+    family: str
+    config: dict[str, Any]
+    tensors: dict[str, Any]
+    problems: list[str] = field(default_factory=list)
+
+
 @dataclass(frozen=True)
 class RunOptions:
     """What one run of a model may be given besides the image: the sample's seed and temperature (stochastic
@@ -143,6 +154,8 @@ class ModelDescriptor:
     initialize: Callable[[Any, Any], None] | None = None
     likelihood: Callable[..., float] | None = None
     describe_input: Callable[[Any, Any], dict[str, float]] | None = None
+    size_of: Callable[[Any], SizeRequirements] | None = None  # when the size requirements follow the config
+    recognise: Callable[[Mapping[str, Any]], Recognised | None] | None = None  # other projects' state dicts
     small_config: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -156,6 +169,10 @@ class ModelDescriptor:
     @property
     def default_tau(self) -> float | None:
         return None if self.sampling is None else self.sampling.default_tau
+
+    def size_for(self, config: Any) -> SizeRequirements:
+        """The size requirements of a model of this config (`size_of`, else the fixed `size`)."""
+        return self.size_of(config) if self.size_of is not None else self.size
 
     def scale(self, config: Any) -> int:
         """The native scale of a config: its `scale` for super-resolution, 1 for image-to-image models."""

@@ -59,6 +59,10 @@ def recipes() -> tuple[str, ...]:
     return tuple(e.name for e in CATALOG if e.recipe_module)
 
 
+# Architectures with no model of ours: they run other projects' weights (`upscale convert`, --model FILE.pth).
+IMPORTED_ARCHITECTURES = {"rrdbnet": "upscale_cli.archs.rrdbnet"}
+
+
 def architecture_modules() -> dict[str, str]:
     """Architecture id -> the module that defines its DESCRIPTOR."""
-    return {e.arch: e.arch_module for e in CATALOG}
+    return {**{e.arch: e.arch_module for e in CATALOG}, **IMPORTED_ARCHITECTURES}

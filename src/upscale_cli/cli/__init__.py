@@ -10,6 +10,7 @@ import click
 from upscale_cli import __version__
 from upscale_cli.cli.bench import bench
 from upscale_cli.cli.compare import compare
+from upscale_cli.cli.convert import convert
 from upscale_cli.cli.models import models
 from upscale_cli.cli.sample import sample
 from upscale_cli.cli.stylize import stylize
@@ -43,10 +44,11 @@ def cli() -> None:
     upscale stylize photo.png --style painting.jpg
     upscale compare photo.png --crop 64,0,48,40
     upscale models
+    upscale convert model.pth                (another project's model file)
     """
 
 
-for command in (upscale, sample, stylize, compare, train, bench, models):
+for command in (upscale, sample, stylize, compare, convert, train, bench, models):
     cli.add_command(command)
 
 

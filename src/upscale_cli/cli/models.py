@@ -47,6 +47,8 @@ def describe_models() -> list[dict[str, Any]]:
             params = info.params if info.params is not None else _tensor_count(weights.path)
             row.update(arch=info.arch, params=params, metrics=info.metrics, status="ok",
                        iterations=info.training.get("iterations"))
+            if info.source and not known:
+                row["about"] = f"converted from {info.source.get('file')} ({info.source.get('family')})"
         except (CheckpointError, KeyError) as exc:
             row.update(task=None, arch=None, params=None, metrics={}, status=f"unreadable: {exc}")
         rows.append(row)

@@ -27,7 +27,7 @@ DEFAULT_NAME = "{stem}_x{scale}.{ext}"
 @click.option("--width", type=click.IntRange(min=1), help="Target width in pixels (height follows unless given).")
 @click.option("--height", type=click.IntRange(min=1), help="Target height in pixels (width follows unless given).")
 @click.option("-m", "--model", default=DEFAULT_MODEL, show_default=True,
-              help="Model name, 'bicubic', or a .safetensors path.")
+              help="Model name, 'bicubic', a .safetensors path, or another project's .pth/.pt/.ckpt (converted once, cached).")
 @click.option("--seed", type=click.IntRange(min=0), help="Seed for stochastic models (0 is a valid seed).")
 @click.option("--tau", type=click.FloatRange(0, 2),
               help="Sampling temperature for stochastic models (default: the model's own).")

@@ -1,0 +1,234 @@
+"""`upscale convert` and `--model FILE.pth` (#28): other projects' ESRGAN-family files run as our models."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from click.testing import CliRunner
+from PIL import Image
+
+from conftest import SHARED, smooth_image
+from upscale_cli.cli import cli
+from upscale_cli.errors import ExitCode
+
+REAL_ESRGAN = SHARED / "models" / "RealESRGAN_x4plus.pth"
+REAL_ESRGAN_SHA256 = "40901c7da5278bfb3da78e227c2a0f715c4b3ec81b826d6239e3c4c483ff07d2"  # ../shared/models/README.md
+needs_real_esrgan = pytest.mark.skipif(not REAL_ESRGAN.is_file(), reason=f"{REAL_ESRGAN} not present (../shared)")
+
+
+@pytest.fixture(autouse=True)
+def private_folders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Conversions cached and user models written inside the test's folder, never in the real home."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+
+
+def invoke(*args: object):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def reference_rrdbnet(state: dict[str, torch.Tensor], lr: torch.Tensor, unshuffle: int = 1) -> torch.Tensor:
+    """ESRGAN's forward written from its documented layer order, straight on the BasicSR-named tensors."""
+    w = {k: v.double() for k, v in state.items()}
+
+    def conv(name: str, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, w[f"{name}.weight"], w[f"{name}.bias"], padding=1)
+
+    x = F.pixel_unshuffle(lr.double(), unshuffle) if unshuffle > 1 else lr.double()
+    first = conv("conv_first", x)
+    trunk = first
+    blocks = sorted({int(k.split(".")[1]) for k in w if k.startswith("body.")})
+    for b in blocks:
+        block_in = trunk
+        for r in (1, 2, 3):
+            feats = [trunk]
+            for c in (1, 2, 3, 4):
+                feats.append(F.leaky_relu(conv(f"body.{b}.rdb{r}.conv{c}", torch.cat(feats, 1)), 0.2))
+            trunk = trunk + 0.2 * conv(f"body.{b}.rdb{r}.conv5", torch.cat(feats, 1))
+        trunk = block_in + 0.2 * trunk
+    feat = first + conv("conv_body", trunk)
+    stage = 1
+    while f"conv_up{stage}.weight" in w:
+        feat = F.leaky_relu(conv(f"conv_up{stage}", F.interpolate(feat, scale_factor=2, mode="nearest")), 0.2)
+        stage += 1
+    return conv("conv_last", F.leaky_relu(conv("conv_hr", feat), 0.2))
+
+
+def tiny_state(in_channels: int = 3, stages: int = 2, blocks: int = 2, features: int = 8, growth: int = 4,
+               seed: int = 0) -> dict[str, torch.Tensor]:
+    """A random state dict in BasicSR's RRDBNet layout, built from the documented names and shapes."""
+    generator = torch.Generator().manual_seed(seed)
+    shapes = {"conv_first": (features, in_channels), "conv_body": (features, features),
+              "conv_hr": (features, features), "conv_last": (3, features),
+              **{f"conv_up{i}": (features, features) for i in range(1, stages + 1)}}
+    for b in range(blocks):
+        for r in (1, 2, 3):
+            for c in range(1, 6):
+                shapes[f"body.{b}.rdb{r}.conv{c}"] = (growth if c < 5 else features, features + (c - 1) * growth)
+    state = {}
+    for name, (out, inp) in shapes.items():
+        state[f"{name}.weight"] = torch.randn(out, inp, 3, 3, generator=generator) * (0.5 / math.sqrt(9 * inp))
+        state[f"{name}.bias"] = torch.randn(out, generator=generator) * 0.01
+    return state
+
+
+def to_old_layout(state: dict[str, torch.Tensor], stages: int = 2) -> dict[str, torch.Tensor]:
+    """The same tensors under the original ESRGAN release's names (`model.N...`)."""
+    blocks = len({k.split(".")[1] for k in state if k.startswith("body.")})
+    old = {}
+    for key, tensor in state.items():
+        name, part = key.rsplit(".", 1)
+        if name.startswith("body."):
+            _, b, rdb, c = name.split(".")
+            old[f"model.1.sub.{b}.RDB{rdb[3:]}.{c}.0.{part}"] = tensor
+        else:
+            index = {"conv_first": "0", "conv_body": f"1.sub.{blocks}", "conv_hr": str(3 * stages + 2),
+                     "conv_last": str(3 * stages + 4), **{f"conv_up{i}": str(3 * i) for i in range(1, stages + 1)}}[name]
+            old[f"model.{index}.{part}"] = tensor
+    return old
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b) ** 2))
+    return math.inf if mse == 0 else 10 * math.log10(1 / mse)
+
+
+def run_converted(path: Path, rgb: np.ndarray, tile: str = "none", scale: int = 4) -> np.ndarray:
+    from upscale_cli.engine import load_upscaler
+
+    upscaler = load_upscaler(str(path), device="cpu", precision="fp32")
+    return upscaler.upscale(rgb, rgb.shape[1] * scale, rgb.shape[0] * scale, tile)
+
+
+# ----- the real community model ------------------------------------------------------------------------
+
+@needs_real_esrgan
+def test_real_esrgan_converts_with_full_metadata_and_matches_an_independent_forward(tmp_path: Path) -> None:
+    from upscale_cli.checkpoint import read_info
+
+    out = tmp_path / "realesrgan_x4.safetensors"
+    result = invoke("convert", REAL_ESRGAN, "-o", out)
+    assert result.exit_code == 0, result.output
+    info = read_info(out)
+    assert (info.arch, info.scale, info.params) == ("rrdbnet", 4, 16_697_987)
+    assert {k: info.config[k] for k in ("features", "blocks", "growth", "unshuffle")} == \
+        {"features": 64, "blocks": 23, "growth": 32, "unshuffle": 1}
+    assert info.source == {"file": "RealESRGAN_x4plus.pth", "sha256": REAL_ESRGAN_SHA256,
+                           "family": "ESRGAN RRDBNet (BasicSR keys)", "licence": ""}
+    rgb = smooth_image(20, 24, 9).astype(np.float32) / 255
+    ours = run_converted(out, rgb)
+    state = torch.load(REAL_ESRGAN, map_location="cpu", weights_only=True)["params_ema"]
+    reference = reference_rrdbnet(state, torch.from_numpy(rgb).permute(2, 0, 1)[None])[0].permute(1, 2, 0).numpy()
+    assert psnr(ours, reference) >= 45
+
+
+@needs_real_esrgan
+def test_real_esrgan_runs_from_the_pth_and_from_its_name(tmp_path: Path) -> None:
+    source = tmp_path / "in.png"
+    Image.fromarray(smooth_image(16, 12, 2)).save(source)
+    direct = invoke(source, "-m", REAL_ESRGAN, "-o", tmp_path / "direct.png", "--precision", "fp32")
+    assert direct.exit_code == 0, direct.output
+    assert invoke("convert", REAL_ESRGAN).exit_code == 0  # into the user models folder
+    named = invoke(source, "-m", "realesrgan_x4plus", "-o", tmp_path / "named.png", "--precision", "fp32")
+    assert named.exit_code == 0, named.output
+    with Image.open(tmp_path / "direct.png") as a, Image.open(tmp_path / "named.png") as b:
+        assert a.size == (48, 64) and np.array_equal(np.asarray(a), np.asarray(b))
+    listed = json.loads(invoke("models", "--json").stdout)
+    row = next(r for r in listed if r["name"] == "realesrgan_x4plus")
+    assert row["about"] == "converted from RealESRGAN_x4plus.pth (ESRGAN RRDBNet (BasicSR keys))"
+
+
+# ----- layouts, scales and containers, on small random files in the documented layouts ------------------
+
+@pytest.mark.parametrize("layout", ["new", "old"])
+def test_both_key_layouts_give_the_independent_forward(tmp_path: Path, layout: str) -> None:
+    state = tiny_state()
+    path = tmp_path / f"esrgan_{layout}.pth"
+    torch.save(state if layout == "new" else to_old_layout(state), path)
+    out = tmp_path / "converted.safetensors"
+    assert invoke("convert", path, "-o", out).exit_code == 0
+    rgb = smooth_image(11, 9, 4).astype(np.float32) / 255
+    reference = reference_rrdbnet(state, torch.from_numpy(rgb).permute(2, 0, 1)[None])[0].permute(1, 2, 0).numpy()
+    assert psnr(run_converted(out, rgb), reference) >= 60
+
+
+@pytest.mark.parametrize(("in_channels", "scale"), [(12, 2), (48, 1)])
+def test_pixel_unshuffle_models_run_at_their_scale_on_odd_sizes(tmp_path: Path, in_channels: int, scale: int) -> None:
+    state = tiny_state(in_channels=in_channels)
+    path = tmp_path / "x.pth"
+    torch.save({"params_ema": state}, path)
+    out = tmp_path / "x.safetensors"
+    assert invoke("convert", path, "-o", out).exit_code == 0
+    unshuffle = 4 // scale
+    rgb = smooth_image(8, 12, 1).astype(np.float32) / 255  # a multiple of the unshuffle: compared exactly
+    reference = reference_rrdbnet(state, torch.from_numpy(rgb).permute(2, 0, 1)[None], unshuffle)
+    assert psnr(run_converted(out, rgb, scale=scale), reference[0].permute(1, 2, 0).numpy()) >= 60
+    odd = smooth_image(9, 7, 1).astype(np.float32) / 255  # padded to whole cells, cropped back
+    assert run_converted(out, odd, scale=scale).shape == (9 * scale, 7 * scale, 3)
+
+
+def test_containers_are_unwrapped_in_order(tmp_path: Path) -> None:
+    from upscale_cli.convert import read_state_dict
+
+    ema, plain = tiny_state(seed=1), tiny_state(seed=2)
+    path = tmp_path / "c.pth"
+    torch.save({"params": plain, "params_ema": ema}, path)
+    assert torch.equal(read_state_dict(path)["conv_first.weight"], ema["conv_first.weight"])
+    torch.save({"state_dict": {f"module.{k}": v for k, v in plain.items()}, "epoch": 3}, path)
+    assert set(read_state_dict(path)) == set(plain)
+    torch.save({"model": plain}, path)
+    assert torch.equal(read_state_dict(path)["conv_last.bias"], plain["conv_last.bias"])
+
+
+class _Payload:
+    """Unpickling this would create a file: the proof that no code ran."""
+
+    marker: Path = Path()
+
+    def __reduce__(self):  # noqa: D105 - the attack itself
+        return (Path.touch, (self.marker,))
+
+
+def test_a_pickle_that_needs_code_is_refused_and_never_runs(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    payload = _Payload()
+    payload.marker = marker
+    path = tmp_path / "evil.pth"
+    torch.save({"params_ema": tiny_state(), "extra": payload}, path)
+    result = invoke("convert", path, "-o", tmp_path / "out.safetensors")
+    assert result.exit_code == ExitCode.MODEL and "never executes a pickle" in result.output
+    assert not marker.exists() and not (tmp_path / "out.safetensors").exists()
+
+
+def test_partial_and_unknown_files_say_what_was_tried_and_what_does_not_fit(tmp_path: Path) -> None:
+    state = tiny_state()
+    path = tmp_path / "p.pth"
+    torch.save({k: v for k, v in state.items() if k != "conv_hr.bias"} | {"extra.weight": torch.zeros(1)}, path)
+    partial = invoke("convert", path, "-o", tmp_path / "o.safetensors")
+    assert partial.exit_code == ExitCode.MODEL
+    assert "looks like ESRGAN RRDBNet" in partial.output and "missing tensors: conv_hr.bias" in partial.output
+    assert "unexpected tensors: extra.weight" in partial.output
+    torch.save({"encoder.layer1.weight": torch.zeros(2, 2)}, path)
+    unknown = invoke("convert", path, "-o", tmp_path / "o.safetensors")
+    assert unknown.exit_code == ExitCode.MODEL and "matches no known family (tried: rrdbnet" in unknown.output
+
+
+def test_model_pth_converts_once_and_caches_by_digest(tmp_path: Path) -> None:
+    path = tmp_path / "community_model.pth"
+    torch.save({"params_ema": tiny_state()}, path)
+    source = tmp_path / "in.png"
+    Image.fromarray(smooth_image(10, 10, 0)).save(source)
+    assert invoke(source, "-m", path, "-o", tmp_path / "a.png").exit_code == 0
+    cached = list((tmp_path / "cache" / "upscale" / "converted").glob("*.safetensors"))
+    assert len(cached) == 1
+    stamp = cached[0].stat().st_mtime_ns
+    assert invoke(source, "-m", path, "-o", tmp_path / "b.png").exit_code == 0
+    assert cached[0].stat().st_mtime_ns == stamp
+    with Image.open(tmp_path / "a.png") as a, Image.open(tmp_path / "b.png") as b:
+        assert np.array_equal(np.asarray(a), np.asarray(b)) and a.size == (40, 40)
