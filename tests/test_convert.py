@@ -232,3 +232,45 @@ def test_model_pth_converts_once_and_caches_by_digest(tmp_path: Path) -> None:
     assert cached[0].stat().st_mtime_ns == stamp
     with Image.open(tmp_path / "a.png") as a, Image.open(tmp_path / "b.png") as b:
         assert np.array_equal(np.asarray(a), np.asarray(b)) and a.size == (40, 40)
+
+
+# ----- SRVGGNetCompact ------------------------------------------------------------------------------------
+
+def compact_state(convs: int = 2, features: int = 8, scale: int = 4, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A random state dict in Real-ESRGAN's compact layout: body.{2i} convs, body.{2i+1} PReLU slopes."""
+    generator = torch.Generator().manual_seed(seed)
+    state, index, inputs = {}, 0, 3
+    for out in [features] * (convs + 1) + [3 * scale**2]:
+        state[f"body.{index}.weight"] = torch.randn(out, inputs, 3, 3, generator=generator) * (0.5 / math.sqrt(9 * inputs))
+        state[f"body.{index}.bias"] = torch.randn(out, generator=generator) * 0.01
+        if out == features:
+            state[f"body.{index + 1}.weight"] = torch.rand(out, generator=generator) * 0.3
+        index, inputs = index + 2, out
+    return state
+
+
+def reference_compact(state: dict[str, torch.Tensor], lr: torch.Tensor, scale: int) -> torch.Tensor:
+    """The compact forward from its documented order: conv + PReLU pairs, a last conv, shuffle, + nearest."""
+    x, index = lr.double(), 0
+    while f"body.{index}.weight" in state:
+        x = F.conv2d(x, state[f"body.{index}.weight"].double(), state[f"body.{index}.bias"].double(), padding=1)
+        if f"body.{index + 1}.weight" in state:
+            x = F.prelu(x, state[f"body.{index + 1}.weight"].double())
+        index += 2
+    return F.pixel_shuffle(x, scale) + F.interpolate(lr.double(), scale_factor=scale, mode="nearest")
+
+
+@pytest.mark.parametrize("scale", [2, 4])
+def test_compact_models_convert_and_match_an_independent_forward(tmp_path: Path, scale: int) -> None:
+    from upscale_cli.checkpoint import read_info
+
+    state = compact_state(scale=scale)
+    path = tmp_path / "realesr-animevideov3.pth"
+    torch.save({"params": state}, path)
+    out = tmp_path / "compact.safetensors"
+    assert invoke("convert", path, "-o", out).exit_code == 0
+    info = read_info(out)
+    assert (info.arch, info.scale, info.config["convs"], info.config["features"]) == ("compact", scale, 2, 8)
+    rgb = smooth_image(9, 11, 6).astype(np.float32) / 255
+    reference = reference_compact(state, torch.from_numpy(rgb).permute(2, 0, 1)[None], scale)
+    assert psnr(run_converted(out, rgb, scale=scale), reference[0].permute(1, 2, 0).numpy()) >= 60

@@ -60,7 +60,7 @@ def recipes() -> tuple[str, ...]:
 
 
 # Architectures with no model of ours: they run other projects' weights (`upscale convert`, --model FILE.pth).
-IMPORTED_ARCHITECTURES = {"rrdbnet": "upscale_cli.archs.rrdbnet"}
+IMPORTED_ARCHITECTURES = {"rrdbnet": "upscale_cli.archs.rrdbnet", "compact": "upscale_cli.archs.compact"}
 
 
 def architecture_modules() -> dict[str, str]:
