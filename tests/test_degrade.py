@@ -85,5 +85,10 @@ def test_training_settings_draw_what_they_promise() -> None:
     assert (general.width[:4] <= 1.0).all() and general.width[4:].max() > 2.0  # the sharp group, then any
     again = draw_degradations("general", 16, torch.Generator().manual_seed(0))
     assert torch.equal(general.kernels, again.kernels) and torch.equal(general.noise, again.noise)
+    half = draw_degradations("general", 32, torch.Generator().manual_seed(0), sharp_quarters=2)
+    sharp = torch.arange(32) // 4 % 4 < 2
+    assert (half.width[sharp] <= 1.0).all() and half.width[~sharp].max() > 2.0
     with pytest.raises(ValueError, match="unknown degradation setting"):
         draw_degradations("motion", 2, torch.Generator())
+    with pytest.raises(ValueError, match="sharp_quarters"):
+        draw_degradations("general", 2, torch.Generator(), sharp_quarters=5)

@@ -162,20 +162,23 @@ class DrawnDegradations:
     width: torch.Tensor
 
 
-def draw_degradations(setting: str, batch: int, generator: torch.Generator) -> DrawnDegradations:
+def draw_degradations(setting: str, batch: int, generator: torch.Generator,
+                      sharp_quarters: int = 1) -> DrawnDegradations:
     """Random degradations for training, per the setting:
 
     * `iso`: DASR's noise-free setting: isotropic sigma ~ U[0.2, 4.0], no noise;
     * `aniso_noise`: DASR's general setting: l1, l2 ~ U[0.2, 4.0], theta ~ U[0, pi), noise ~ U[0, 25];
     * `general`: half of the batch each way, isotropic and anisotropic, crossed with half noisy
       (noise ~ U[0, 25]) and half clean: real photos have both kinds of blur, with noise or without, and
-      a blind model must not smear clean inputs as if they were noisy. Every fourth group of four
-      samples is drawn sharp (widths ~ U[0.2, 1.0], where the x4 downscale's own anti-aliasing
-      dominates): most photos are in focus, and a model that sees sharp inputs only as rarely as a
-      uniform width draws them learns to oversharpen them.
+      a blind model must not smear clean inputs as if they were noisy. Of every four groups of four
+      samples, `sharp_quarters` (0 to 4) are drawn sharp (widths ~ U[0.2, 1.0], where the x4
+      downscale's own anti-aliasing dominates): most photos are in focus, and a model that sees sharp
+      inputs only as rarely as a uniform width draws them learns to oversharpen them.
     """
     if setting not in SETTINGS:
         raise ValueError(f"unknown degradation setting {setting!r} (use {', '.join(SETTINGS)})")
+    if not 0 <= sharp_quarters <= 4:
+        raise ValueError(f"sharp_quarters must be 0 to 4, not {sharp_quarters}")
 
     def uniform(low: float, high: float) -> torch.Tensor:
         return low + (high - low) * torch.rand(batch, generator=generator, dtype=torch.float64)
@@ -183,7 +186,7 @@ def draw_degradations(setting: str, batch: int, generator: torch.Generator) -> D
     l1, l2, theta = uniform(MIN_WIDTH, MAX_WIDTH), uniform(MIN_WIDTH, MAX_WIDTH), uniform(0.0, math.pi)
     noise = uniform(0.0, MAX_NOISE)
     if setting == "general":
-        sharp = torch.arange(batch) // 4 % 4 == 0
+        sharp = torch.arange(batch) // 4 % 4 < sharp_quarters
         shrink = (SHARP_WIDTH - MIN_WIDTH) / (MAX_WIDTH - MIN_WIDTH)  # maps U[MIN, MAX] onto U[MIN, SHARP]
         l1, l2 = (torch.where(sharp, MIN_WIDTH + (w - MIN_WIDTH) * shrink, w) for w in (l1, l2))
     isotropic = torch.ones(batch, dtype=torch.bool) if setting == "iso" else (

@@ -52,6 +52,7 @@ class DASROptions:
     """DASR's own settings."""
 
     degradation: str = "general"  # iso | aniso_noise (the paper's two settings) | general (both blurs, noise)
+    sharp_quarters: int = 1  # general: of every 4 groups of 4 samples, how many are drawn sharp (sigma <= 1)
     encoder_fraction: float = 1 / 6  # stage 1: the encoder alone, for this fraction of the steps
     encoder_lr: float = 1e-3  # stage 1's learning rate
     queue: int = 8192  # negative keys
@@ -64,16 +65,17 @@ class DASROptions:
 class DegradedPairs(PatchSampler):
     """Two patches per sample from one image, degraded alike (see the module docstring)."""
 
-    def __init__(self, folders: list[Path], patch: int, scale: int, batch: int, seed: int, setting: str) -> None:
+    def __init__(self, folders: list[Path], patch: int, scale: int, batch: int, seed: int, setting: str,
+                 sharp_quarters: int) -> None:
         super().__init__(folders, patch, scale, batch, seed)
-        draw_degradations(setting, 1, torch.Generator())  # an unknown setting fails here, before training
-        self.setting = setting
+        draw_degradations(setting, 1, torch.Generator(), sharp_quarters)  # bad settings fail here, before training
+        self.setting, self.sharp_quarters = setting, sharp_quarters
 
     def next_batch(self) -> Batch:
         images = [self._image() for _ in range(self.batch)]
         hr = torch.stack([self._crop(image) for image in images]).float().div(255)
         key_hr = torch.stack([self._crop(image) for image in images]).float().div(255)
-        drawn = draw_degradations(self.setting, self.batch, self.generator)
+        drawn = draw_degradations(self.setting, self.batch, self.generator, self.sharp_quarters)
         lr = degrade(hr, self.scale, drawn.kernels.float(), drawn.noise, self.generator)
         key = degrade(key_hr, self.scale, drawn.kernels.float(), drawn.noise, self.generator)
         return Batch(lr, hr, {"key": key, "width": drawn.width.float(), "noise": drawn.noise.float()})
@@ -200,7 +202,7 @@ class DASRRecipe(Recipe):
     def batches(self, seed: int) -> DegradedPairs:
         config = self.config
         return DegradedPairs(data_folders(config.data), config.patch, config.scale, config.batch, seed,
-                             config.options.degradation)
+                             config.options.degradation, config.options.sharp_quarters)
 
     def validator(self) -> Validator | None:
         return make_validator(self.config) if self.config.val else None
