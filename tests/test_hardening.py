@@ -391,9 +391,35 @@ def test_a_tiny_jpeg_whose_header_claims_a_large_size_is_refused(progressive: bo
     frame = data.index(b"\xff\xc2" if progressive else b"\xff\xc0")
     forged = bytearray(data[: data.index(b"\xff\xda") + 60] + b"\xff\xd9")  # headers, a sliver of scan, EOI
     forged[frame + 5 : frame + 9] = struct.pack(">HH", 3000, 4000)
-    with pytest.raises(ImageReadError, match="too few bytes for a 4000 x 3000 JPEG"):
+    with pytest.raises(ImageReadError, match="premature end of data segment"):
         read_image(bytes(forged))
     assert read_image(data).width == 128  # the genuine file reads
+
+
+@pytest.mark.parametrize("progressive", [False, True])
+@pytest.mark.parametrize("mode", ["RGB", "L", "CMYK"])
+def test_a_jpeg_cut_anywhere_with_an_end_marker_appended_is_refused(progressive: bool, mode: str) -> None:
+    import io
+
+    from upscale_cli.errors import ImageReadError
+    from upscale_cli.image_io import read_image
+
+    buffer = io.BytesIO()
+    Image.fromarray(smooth_image(128, 128, 3)).convert(mode).save(buffer, "JPEG", quality=90, progressive=progressive)
+    data = buffer.getvalue()
+    scan = data.index(b"\xff\xda")
+    for cut in range(scan + 40, len(data) - 16, (len(data) - scan) // 7):  # within a scan or between two
+        with pytest.raises(ImageReadError, match="truncated or corrupt image data"):
+            read_image(data[:cut] + b"\xff\xd9")
+    assert read_image(data).width == 128
+
+
+def test_extraneous_bytes_before_the_end_marker_are_not_refused() -> None:
+    """libjpeg warns about them too, but every pixel decodes: such files (some cameras write them) read."""
+    from upscale_cli.image_io import read_image
+
+    data = jpeg_bytes(progressive=True)
+    assert read_image(data[:-2] + b"\x00\x11\x22" + data[-2:]).width == 128
 
 
 class EndlessStream:

@@ -40,7 +40,9 @@ _EXISTS = "exists (use --overwrite or --skip-existing)"
 _MAX_BYTES_PER_PIXEL = 16  # float32 RGBA, uncompressed
 _METADATA_ALLOWANCE = 64 << 20  # EXIF, ICC profiles, previews and thumbnails beside the pixels
 _READ_BLOCK = 1 << 20
-_HUFFMAN_FRAMES = (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7)  # SOF markers of Huffman-coded JPEGs
+# libjpeg warnings that mean pixels were made up (the scan ran out or could not be decoded); others, such as
+# "extraneous bytes before marker", leave every pixel decoded and are not refused.
+_JPEG_DATA_LOST = ("premature end", "bad huffman", "instead of rst", "corrupt jpeg data: found marker")
 _HEAD_BYTES = 1 << 16  # where headers end in all but files with huge metadata before the frame header
 
 _GRAY16_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
@@ -307,8 +309,8 @@ def _decode(img: Image.Image, data: bytes, label: object) -> LoadedImage:
         rgb, alpha = _decode_16bit_colour(data, grey_alpha_png, label)
         grayscale, bit_depth = grey_alpha_png, 16
     else:
-        if img.format in ("JPEG", "MPO") and _jpeg_too_small(data, img.width, img.height):
-            raise ImageReadError(label, f"{_CORRUPT} (too few bytes for a {img.width} x {img.height} JPEG)")
+        if img.format in ("JPEG", "MPO"):
+            _check_jpeg_scan(data, label)
         _load(img, label)
         rgb, alpha, grayscale, bit_depth = _pillow_planes(img, label)
     exif, orientation = _exif_and_orientation(img)
@@ -335,31 +337,69 @@ def _load(img: Image.Image, label: object) -> None:
         raise ImageReadError(label, _CORRUPT) from error
 
 
-def _jpeg_too_small(data: bytes, width: int, height: int) -> bool:
-    """Whether a Huffman-coded JPEG has fewer bits than it has 8x8 luma blocks. Every block's DC value
-    takes at least one bit of Huffman code, so such a file must be truncated, whatever its header says
-    (libjpeg would fill the rest with grey and only warn). Arithmetic coding can spend less than a bit on
-    a block: those files are not judged."""
-    return _jpeg_frame_marker(data) in _HUFFMAN_FRAMES and len(data) * 8 < -(-width // 8) * -(-height // 8)
+def _check_jpeg_scan(data: bytes, label: object) -> None:
+    """Refuse a JPEG whose scan data is truncated or corrupt. libjpeg fills what it cannot decode with grey
+    and only warns, and Pillow does not pass the warning on, so the entropy-coded data is decoded once more
+    by libjpeg-turbo in strict mode (simplejpeg), at 1/8 scale: every coefficient is still read, few are
+    transformed. Fatal errors are left to Pillow, which reports them when it decodes."""
+    import simplejpeg
+
+    try:
+        simplejpeg.decode_jpeg(data, colorspace="GRAY", min_factor=8, strict=True)
+    except ValueError as error:
+        message = str(error)
+        if any(sign in message.lower() for sign in _JPEG_DATA_LOST):
+            raise ImageReadError(label, f"{_CORRUPT} ({message.strip().rstrip('.')})") from None
+    missing = _unrefined_components(data)
+    if missing:
+        raise ImageReadError(label, f"{_CORRUPT} (a progressive JPEG whose scans end before component "
+                                    f"{missing[0]} is complete: the file was cut between scans)")
 
 
-def _jpeg_frame_marker(data: bytes) -> int | None:
-    """The SOFn marker byte of a JPEG (the coding: baseline, progressive, arithmetic...), walking its
-    segments from the start; None if the scan starts first or the segments are broken."""
-    position = 2
-    while position + 4 <= len(data):
-        if data[position] != 0xFF:
-            return None
+def _unrefined_components(data: bytes) -> list[int]:
+    """Components of a progressive JPEG some of whose 64 coefficients no scan brings to full precision
+    (successive approximation Al = 0). Every encoder's progression ends complete, so a file cut between two
+    scans (which libjpeg decodes without a warning, blurred) shows here. Empty for sequential JPEGs, and
+    for files whose markers cannot be walked (the decoder judges those)."""
+    complete: dict[int, set[int]] = {}
+    progressive, position = False, 2
+    while position + 4 <= len(data) and data[position] == 0xFF:
         marker = data[position + 1]
         if marker == 0xFF:  # fill byte
             position += 1
             continue
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-            return marker
-        if marker == 0xDA:
-            return None
-        position += 2 + int.from_bytes(data[position + 2 : position + 4], "big")
-    return None
+        if marker == 0xD9:  # end of image
+            break
+        length = int.from_bytes(data[position + 2 : position + 4], "big")
+        segment = data[position + 4 : position + 2 + length]
+        if marker == 0xC2 or marker == 0xC6 or marker == 0xCA or marker == 0xCE:  # progressive frames
+            progressive = True
+            complete = {segment[6 + 3 * i]: set() for i in range(segment[5]) if 6 + 3 * i < len(segment)}
+        if marker == 0xDA and len(segment) >= 1 + 2 * segment[0] + 3:
+            count = segment[0]
+            start, end, approximation = segment[1 + 2 * count], segment[2 + 2 * count], segment[3 + 2 * count]
+            if approximation & 0x0F == 0:
+                for component in segment[1 : 1 + 2 * count : 2]:
+                    complete.setdefault(component, set()).update(range(start, min(end, 63) + 1))
+            position = _end_of_entropy_data(data, position + 2 + length)
+        else:
+            position += 2 + length
+    if not progressive:
+        return []
+    return [component for component, done in complete.items() if len(done) < 64]
+
+
+def _end_of_entropy_data(data: bytes, position: int) -> int:
+    """Where the marker after a scan's entropy-coded data starts (stuffed 0xFF00 and RSTn are data)."""
+    while True:
+        position = data.find(b"\xff", position)
+        if position < 0 or position + 1 >= len(data):
+            return len(data)
+        following = data[position + 1]
+        if following == 0x00 or 0xD0 <= following <= 0xD7 or following == 0xFF:
+            position += 1 if following == 0xFF else 2
+            continue
+        return position
 
 
 def _is_16bit_colour(img: Image.Image, data: bytes) -> bool:
