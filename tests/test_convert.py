@@ -216,7 +216,9 @@ def test_partial_and_unknown_files_say_what_was_tried_and_what_does_not_fit(tmp_
     assert "unexpected tensors: extra.weight" in partial.output
     torch.save({"encoder.layer1.weight": torch.zeros(2, 2)}, path)
     unknown = invoke("convert", path, "-o", tmp_path / "o.safetensors")
-    assert unknown.exit_code == ExitCode.MODEL and "matches no known family (tried: rrdbnet" in unknown.output
+    assert unknown.exit_code == ExitCode.MODEL and "matches no known family (tried: " in unknown.output
+    tried = unknown.output.split("tried: ")[1].split(";")[0].split(", ")
+    assert sorted(tried) == ["compact", "msrresnet", "rrdbnet", "srresnet"]
 
 
 def test_model_pth_converts_once_and_caches_by_digest(tmp_path: Path) -> None:
@@ -274,3 +276,143 @@ def test_compact_models_convert_and_match_an_independent_forward(tmp_path: Path,
     rgb = smooth_image(9, 11, 6).astype(np.float32) / 255
     reference = reference_compact(state, torch.from_numpy(rgb).permute(2, 0, 1)[None], scale)
     assert psnr(run_converted(out, rgb, scale=scale), reference[0].permute(1, 2, 0).numpy()) >= 60
+
+
+# ----- the SRGAN family's official layouts (random values in the documented layouts) -----------------------
+
+def conv_weights(generator: torch.Generator, out: int, inputs: int, size: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    return (torch.randn(out, inputs, size, size, generator=generator) * (0.5 / math.sqrt(size * size * inputs)),
+            torch.randn(out, generator=generator) * 0.01)
+
+
+def msrresnet_state(scale: int, layout: str, blocks: int = 2, features: int = 8) -> dict[str, torch.Tensor]:
+    """MSRResNet in BasicSR's, legacy BasicSR's or MMEditing's key names (official_checkpoints.md 5.1)."""
+    names = {"basicsr": ("body", "conv_hr", "upconv{}"), "legacy": ("recon_trunk", "HRconv", "upconv{}"),
+             "mmediting": ("generator.trunk_net", "generator.conv_hr", "generator.upsample{}.upsample_conv")}[layout]
+    prefix = "generator." if layout == "mmediting" else ""
+    generator, state = torch.Generator().manual_seed(scale), {}
+
+    def put(name: str, out: int, inputs: int) -> None:
+        state[f"{name}.weight"], state[f"{name}.bias"] = conv_weights(generator, out, inputs)
+
+    put(f"{prefix}conv_first", features, 3)
+    for k in range(blocks):
+        put(f"{names[0]}.{k}.conv1", features, features)
+        put(f"{names[0]}.{k}.conv2", features, features)
+    for index, factor in enumerate((2, 2) if scale == 4 else (scale,), start=1):
+        put(names[2].format(index), features * factor**2, features)
+    put(names[1], features, features)
+    put(f"{prefix}conv_last", 3, features)
+    return state
+
+
+def reference_msrresnet(state: dict[str, torch.Tensor], lr: torch.Tensor, scale: int, shuffle_lrelu: bool) -> torch.Tensor:
+    """MSRResNet's documented forward in plain torch, on BasicSR's names."""
+    def conv(name: str, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, state[f"{name}.weight"].double(), state[f"{name}.bias"].double(), padding=1)
+
+    x = F.leaky_relu(conv("conv_first", lr.double()), 0.1)
+    k = 0
+    while f"body.{k}.conv1.weight" in state:
+        x = x + conv(f"body.{k}.conv2", F.relu(conv(f"body.{k}.conv1", x)))
+        k += 1
+    for index, factor in enumerate((2, 2) if scale == 4 else (scale,), start=1):
+        x = F.pixel_shuffle(conv(f"upconv{index}", x), factor)
+        x = F.leaky_relu(x, 0.1) if shuffle_lrelu else x
+    x = conv("conv_last", F.leaky_relu(conv("conv_hr", x), 0.1))
+    return x + F.interpolate(lr.double(), scale_factor=scale, mode="bilinear", align_corners=False)
+
+
+@pytest.mark.parametrize(("scale", "layout"), [(4, "basicsr"), (2, "legacy"), (3, "basicsr"), (4, "mmediting")])
+def test_msrresnet_layouts_convert_exactly_and_match_the_documented_forward(tmp_path: Path, scale: int, layout: str) -> None:
+    from upscale_cli.checkpoint import read_info
+
+    state = msrresnet_state(scale, layout)
+    path = tmp_path / "msrresnet.pth"
+    torch.save({"meta": {"epoch": 1}, "state_dict": state} if layout == "mmediting" else {"params": state}, path)
+    out = tmp_path / "msrresnet.safetensors"
+    result = invoke("convert", path, "-o", out)
+    assert result.exit_code == 0, result.output
+    info = read_info(out)
+    assert (info.arch, info.scale, info.config["blocks"], info.config["features"]) == ("msrresnet", scale, 2, 8)
+    assert info.params == sum(v.numel() for v in state.values())  # every tensor used
+    basicsr = msrresnet_state(scale, "basicsr")  # the same values under BasicSR's names
+    assert all(torch.equal(a, b) for a, b in zip(basicsr.values(), state.values(), strict=True))
+    rgb = smooth_image(9, 11, 7).astype(np.float32) / 255
+    reference = reference_msrresnet(basicsr, torch.from_numpy(rgb).permute(2, 0, 1)[None], scale,
+                                    shuffle_lrelu=layout != "mmediting").clamp(0, 1)
+    assert psnr(run_converted(out, rgb, scale=scale), reference[0].permute(1, 2, 0).numpy()) >= 60
+
+
+def leftthomas_state(stages: int, bn_tail: bool = False, residual: int = 2, features: int = 8) -> dict[str, torch.Tensor]:
+    """leftthomas/SRGAN's generator layout (official_checkpoints.md 5.2): no num_batches_tracked."""
+    generator, state = torch.Generator().manual_seed(stages), {}
+    state["block1.0.weight"], state["block1.0.bias"] = conv_weights(generator, features, 3, 9)
+    state["block1.1.weight"] = torch.tensor([0.16])
+    for b in range(2, 2 + residual):
+        for n in (1, 2):
+            state[f"block{b}.conv{n}.weight"], state[f"block{b}.conv{n}.bias"] = conv_weights(generator, features, features)
+            state[f"block{b}.bn{n}.weight"] = 1 + 0.1 * torch.randn(features, generator=generator)
+            state[f"block{b}.bn{n}.bias"] = 0.1 * torch.randn(features, generator=generator)
+            state[f"block{b}.bn{n}.running_mean"] = 0.1 * torch.randn(features, generator=generator)
+            state[f"block{b}.bn{n}.running_var"] = 0.5 + torch.rand(features, generator=generator)
+        state[f"block{b}.prelu.weight"] = torch.tensor([0.2])
+    tail = 2 + residual
+    state[f"block{tail}.0.weight"], state[f"block{tail}.0.bias"] = conv_weights(generator, features, features)
+    if bn_tail:
+        state[f"block{tail}.1.weight"] = 1 + 0.1 * torch.randn(features, generator=generator)
+        state[f"block{tail}.1.bias"] = 0.1 * torch.randn(features, generator=generator)
+        state[f"block{tail}.1.running_mean"] = 0.1 * torch.randn(features, generator=generator)
+        state[f"block{tail}.1.running_var"] = 0.5 + torch.rand(features, generator=generator)
+        state[f"block{tail}.1.num_batches_tracked"] = torch.tensor(1000)
+    else:
+        state[f"block{tail}.1.weight"] = torch.tensor([0.06])
+    for u in range(stages):
+        state[f"block8.{u}.conv.weight"], state[f"block8.{u}.conv.bias"] = conv_weights(generator, 4 * features, features)
+        state[f"block8.{u}.prelu.weight"] = torch.tensor([0.1])
+    state[f"block8.{stages}.weight"], state[f"block8.{stages}.bias"] = conv_weights(generator, 3, features, 9)
+    return state
+
+
+def reference_leftthomas(state: dict[str, torch.Tensor], lr: torch.Tensor, stages: int, residual: int = 2) -> torch.Tensor:
+    """leftthomas's documented forward: conv-BN-PReLU-conv-BN blocks, block7, the long skip, (tanh + 1) / 2."""
+    s = {k: v.double() for k, v in state.items()}
+
+    def conv(name: str, x: torch.Tensor, pad: int = 1) -> torch.Tensor:
+        return F.conv2d(x, s[f"{name}.weight"], s[f"{name}.bias"], padding=pad)
+
+    def bn(name: str, x: torch.Tensor) -> torch.Tensor:
+        return F.batch_norm(x, s[f"{name}.running_mean"], s[f"{name}.running_var"], s[f"{name}.weight"],
+                            s[f"{name}.bias"], training=False, eps=1e-5)
+
+    head = F.prelu(conv("block1.0", lr.double(), 4), s["block1.1.weight"])
+    x = head
+    for b in range(2, 2 + residual):
+        y = F.prelu(bn(f"block{b}.bn1", conv(f"block{b}.conv1", x)), s[f"block{b}.prelu.weight"])
+        x = x + bn(f"block{b}.bn2", conv(f"block{b}.conv2", y))
+    tail = f"block{2 + residual}"
+    y = conv(f"{tail}.0", x)
+    y = bn(f"{tail}.1", y) if f"{tail}.1.running_mean" in s else F.prelu(y, s[f"{tail}.1.weight"])
+    x = head + y
+    for u in range(stages):
+        x = F.prelu(F.pixel_shuffle(conv(f"block8.{u}.conv", x), 2), s[f"block8.{u}.prelu.weight"])
+    return (torch.tanh(conv(f"block8.{stages}", x, 4)) + 1) / 2
+
+
+@pytest.mark.parametrize(("stages", "bn_tail"), [(2, False), (1, False), (2, True)])
+def test_leftthomas_srgan_maps_onto_our_srresnet(tmp_path: Path, stages: int, bn_tail: bool) -> None:
+    from upscale_cli.checkpoint import read_info
+
+    state = leftthomas_state(stages, bn_tail)
+    path = tmp_path / f"netG_epoch_{2**stages}_100.pth"
+    torch.save(state, path, _use_new_zipfile_serialization=False)  # the released files' legacy format
+    out = tmp_path / "srgan.safetensors"
+    result = invoke("convert", path, "-o", out)
+    assert result.exit_code == 0, result.output
+    info = read_info(out)
+    assert (info.arch, info.scale, info.config["blocks"]) == ("srresnet", 2**stages, 2)
+    assert (info.config["trunk_tail"], info.config["output"]) == ("norm" if bn_tail else "prelu", "tanh")
+    assert info.params == sum(v.numel() for v in state.values() if v.dtype.is_floating_point)
+    rgb = smooth_image(10, 9, 8).astype(np.float32) / 255
+    reference = reference_leftthomas(state, torch.from_numpy(rgb).permute(2, 0, 1)[None], stages)
+    assert psnr(run_converted(out, rgb, scale=2**stages), reference[0].permute(1, 2, 0).numpy()) >= 60

@@ -60,7 +60,8 @@ def recipes() -> tuple[str, ...]:
 
 
 # Architectures with no model of ours: they run other projects' weights (`upscale convert`, --model FILE.pth).
-IMPORTED_ARCHITECTURES = {"rrdbnet": "upscale_cli.archs.rrdbnet", "compact": "upscale_cli.archs.compact"}
+IMPORTED_ARCHITECTURES = {"rrdbnet": "upscale_cli.archs.rrdbnet", "compact": "upscale_cli.archs.compact",
+                          "msrresnet": "upscale_cli.archs.msrresnet"}
 
 
 def architecture_modules() -> dict[str, str]:
