@@ -416,3 +416,156 @@ def test_leftthomas_srgan_maps_onto_our_srresnet(tmp_path: Path, stages: int, bn
     rgb = smooth_image(10, 9, 8).astype(np.float32) / 255
     reference = reference_leftthomas(state, torch.from_numpy(rgb).permute(2, 0, 1)[None], stages)
     assert psnr(run_converted(out, rgb, scale=2**stages), reference[0].permute(1, 2, 0).numpy()) >= 60
+
+
+# ----- DASR's official release (random values in the documented layout) ---------------------------------
+
+DIV2K_MEAN = (0.4488, 0.4371, 0.4040)
+ENCODER_LAYERS = ((0, 3, 64, 1), (3, 64, 64, 1), (6, 64, 128, 2), (9, 128, 128, 1), (12, 128, 256, 2), (15, 256, 256, 1))
+
+
+def dasr_official_state(scale: int, channels: int = 16, groups: int = 2, blocks: int = 2) -> dict[str, torch.Tensor]:
+    """LongguangWang/DASR's model_600.pt layout (official_checkpoints.md section 2), random values."""
+    generator, state = torch.Generator().manual_seed(10 + scale), {}
+
+    def rand(*shape: int, std: float = 1.0) -> torch.Tensor:
+        return torch.randn(*shape, generator=generator) * std
+
+    def conv(name: str, out: int, inputs: int, size: int = 3, bias: bool = True) -> None:
+        state[f"{name}.weight"] = rand(out, inputs, size, size, std=0.7 / math.sqrt(size * size * inputs))
+        if bias:
+            state[f"{name}.bias"] = rand(out, std=0.01)
+
+    for index, inputs, out, _ in ENCODER_LAYERS:
+        conv(f"E.encoder_q.E.{index}", out, inputs)
+        bn = f"E.encoder_q.E.{index + 1}"
+        state[f"{bn}.weight"], state[f"{bn}.bias"] = 1 + rand(out, std=0.1), rand(out, std=0.1)
+        state[f"{bn}.running_mean"] = rand(out, std=0.1) * (255 if index == 0 else 1)
+        state[f"{bn}.running_var"] = (0.5 + torch.rand(out, generator=generator)) * (255**2 if index == 0 else 1)
+        state[f"{bn}.num_batches_tracked"] = torch.tensor(600, dtype=torch.int64)
+    state["E.encoder_q.mlp.0.weight"], state["E.encoder_q.mlp.0.bias"] = rand(256, 256, std=0.06), rand(256)
+    state["E.encoder_q.mlp.2.weight"], state["E.encoder_q.mlp.2.bias"] = rand(256, 256, std=0.06), rand(256)
+    mean = 255 * torch.tensor(DIV2K_MEAN)
+    state["G.sub_mean.weight"], state["G.sub_mean.bias"] = torch.eye(3).view(3, 3, 1, 1), -mean
+    state["G.add_mean.weight"], state["G.add_mean.bias"] = torch.eye(3).view(3, 3, 1, 1), mean.clone()
+    conv("G.head.0", channels, 3)
+    state["G.compress.0.weight"] = rand(channels, 256, std=1 / 16)
+    for g in range(groups):
+        for b in range(blocks):
+            block = f"G.body.{g}.body.{b}"
+            for n in (1, 2):
+                da = f"{block}.da_conv{n}"
+                state[f"{da}.kernel.0.weight"] = rand(channels, channels, std=1 / math.sqrt(channels))
+                state[f"{da}.kernel.2.weight"] = rand(9 * channels, channels, std=0.3 / math.sqrt(channels))
+                conv(f"{da}.conv", channels, channels, 1)
+                conv(f"{da}.ca.conv_du.0", channels // 8, channels, 1, bias=False)
+                conv(f"{da}.ca.conv_du.2", channels, channels // 8, 1, bias=False)
+                conv(f"{block}.conv{n}", channels, channels)
+        conv(f"G.body.{g}.body.{blocks}", channels, channels)
+    conv(f"G.body.{groups}", channels, channels)
+    for index, factor in enumerate([3] if scale == 3 else [2] * int(math.log2(scale))):
+        conv(f"G.tail.0.{2 * index}", factor**2 * channels, channels)
+    conv("G.tail.1", 3, channels)
+    return state
+
+
+def reference_dasr_official(state: dict[str, torch.Tensor], lr255: torch.Tensor, scale: int) -> torch.Tensor:
+    """The release's forward on a 0..255 image, in plain torch from the documented numerics."""
+    s = {k: v.double() for k, v in state.items() if v.dtype.is_floating_point}
+    lrelu = lambda x: F.leaky_relu(x, 0.1)  # noqa: E731
+
+    def conv(name: str, x: torch.Tensor, stride: int = 1, padding: int = 1) -> torch.Tensor:
+        return F.conv2d(x, s[f"{name}.weight"], s.get(f"{name}.bias"), stride=stride, padding=padding)
+
+    x = lr255.double()
+    e = x
+    for index, _, _, stride in ENCODER_LAYERS:
+        bn = f"E.encoder_q.E.{index + 1}"
+        e = lrelu(F.batch_norm(conv(f"E.encoder_q.E.{index}", e, stride), s[f"{bn}.running_mean"],
+                               s[f"{bn}.running_var"], s[f"{bn}.weight"], s[f"{bn}.bias"], training=False))
+    d = lrelu(e.mean(dim=(2, 3)) @ s["G.compress.0.weight"].T)
+
+    def da_conv(name: str, h: torch.Tensor) -> torch.Tensor:
+        kernel = lrelu(d @ s[f"{name}.kernel.0.weight"].T) @ s[f"{name}.kernel.2.weight"].T
+        channels = h.shape[1]
+        depthwise = F.conv2d(h, kernel[0].view(channels, 1, 3, 3), padding=1, groups=channels)  # batch of one
+        attention = torch.sigmoid(conv(f"{name}.ca.conv_du.2", lrelu(conv(f"{name}.ca.conv_du.0", d[:, :, None, None], padding=0)), padding=0))
+        return conv(f"{name}.conv", lrelu(depthwise), padding=0) + h * attention
+
+    head = conv("G.head.0", conv("G.sub_mean", x, padding=0))
+    groups = len({k.split(".")[2] for k in s if k.startswith("G.body.")}) - 1
+    blocks = len({k.split(".")[4] for k in s if k.startswith("G.body.0.body.")}) - 1
+    h = head
+    for g in range(groups):
+        group_in = h
+        for b in range(blocks):
+            block = f"G.body.{g}.body.{b}"
+            y = lrelu(conv(f"{block}.conv1", lrelu(da_conv(f"{block}.da_conv1", h))))
+            h = h + conv(f"{block}.conv2", lrelu(da_conv(f"{block}.da_conv2", y)))
+        h = group_in + conv(f"G.body.{g}.body.{blocks}", h)
+    h = head + conv(f"G.body.{groups}", h)
+    for index, factor in enumerate([3] if scale == 3 else [2] * int(math.log2(scale))):
+        h = F.pixel_shuffle(conv(f"G.tail.0.{2 * index}", h), factor)
+    return conv("G.add_mean", conv("G.tail.1", h), padding=0)
+
+
+@pytest.mark.parametrize("scale", [4, 3])
+def test_dasr_release_converts_with_its_0_255_convention(tmp_path: Path, scale: int) -> None:
+    from upscale_cli.checkpoint import load_model, read_info
+
+    state = dasr_official_state(scale)
+    path = tmp_path / "model_600.pt"
+    torch.save(state, path, _use_new_zipfile_serialization=False)  # PyTorch 1.1's legacy format
+    out = tmp_path / "dasr_official.safetensors"
+    result = invoke("convert", path, "-o", out)
+    assert result.exit_code == 0, result.output
+    info = read_info(out)
+    assert (info.arch, info.scale) == ("dasr", scale)
+    assert {k: info.config[k] for k in ("channels", "groups", "blocks", "reduction", "probe")} == \
+        {"channels": 16, "groups": 2, "blocks": 2, "reduction": 8, "probe": False}
+    dropped = [k for k in state if k.startswith(("E.encoder_q.mlp.", "G.sub_mean.", "G.add_mean."))]
+    assert info.params == sum(v.numel() for k, v in state.items() if v.dtype.is_floating_point and k not in dropped)
+    rgb = smooth_image(12, 10, 9).astype(np.float32) / 255
+    lr = torch.from_numpy(rgb).permute(2, 0, 1)[None]
+    expected = reference_dasr_official(state, 255 * lr, scale) / 255
+    model, _ = load_model(out)
+    with torch.no_grad():
+        got = model.eval()(lr).double()
+    assert got.shape == expected.shape and expected.std() > 0.05  # a real signal, not a constant
+    assert (got - expected).abs().max() < 1e-4 * float(expected.abs().max())
+    run = invoke("-m", out, "-o", tmp_path / "x.png", *save_image(tmp_path / "in.png", rgb), "--json")
+    assert run.exit_code == 0, run.output
+    assert "estimates" not in run.stdout  # no probe: nothing estimated
+
+
+def test_dasr_release_with_another_mean_shift_is_refused(tmp_path: Path) -> None:
+    state = dasr_official_state(4)
+    state["G.add_mean.bias"] = state["G.add_mean.bias"] + 5
+    path = tmp_path / "model_600.pt"
+    torch.save(state, path)
+    result = invoke("convert", path, "-o", tmp_path / "o.safetensors")
+    assert result.exit_code == ExitCode.MODEL
+    assert "G.add_mean is not the identity + 255 x DIV2K's mean colour" in result.output
+
+
+def save_image(path: Path, rgb: np.ndarray) -> list[Path]:
+    Image.fromarray((rgb * 255).round().astype(np.uint8)).save(path)
+    return [path]
+
+
+def test_training_can_start_from_the_dasr_release(tmp_path: Path) -> None:
+    """Fine-tuning the authors' model: its encoder and G are loaded, the probe (which it lacks) starts fresh."""
+    from upscale_cli.archs.dasr import DASR, DASRConfig
+    from upscale_cli.train.recipes.dasr import load_start
+
+    path = tmp_path / "model_600.pt"
+    torch.save(dasr_official_state(4), path)
+    out = tmp_path / "dasr_official.safetensors"
+    assert invoke("convert", path, "-o", out).exit_code == 0
+    model = DASR(DASRConfig(channels=16, groups=2, blocks=2))
+    probe_before = model.probe[0].weight.clone()
+    load_start(model, out)
+    converted = dasr_official_state(4)
+    torch.testing.assert_close(model.groups[1].conv.weight, converted["G.body.1.body.2.weight"])
+    torch.testing.assert_close(model.head.weight, converted["G.head.0.weight"] * 255)
+    assert torch.equal(model.probe[0].weight, probe_before)

@@ -101,7 +101,7 @@ def test_both_patches_of_a_pair_share_a_degradation_but_not_a_crop(image_folder,
     original = recipe_module.degrade
     monkeypatch.setattr(recipe_module, "degrade", lambda hr, scale, kernels, noise, generator:
                         seen.append((hr, kernels, noise)) or original(hr, scale, kernels, noise, generator))
-    sampler = DegradedPairs([image_folder], 32, 4, 3, seed=0, setting="general")
+    sampler = DegradedPairs([image_folder], 32, 4, 3, seed=0, setting="general", sharp_quarters=1)
     batch = sampler.next_batch()
     (query_hr, query_kernels, query_noise), (key_hr, key_kernels, key_noise) = seen
     assert torch.equal(query_kernels, key_kernels) and torch.equal(query_noise, key_noise)
@@ -109,7 +109,7 @@ def test_both_patches_of_a_pair_share_a_degradation_but_not_a_crop(image_folder,
     assert batch.lr.shape == batch.extras["key"].shape == (3, 3, 8, 8) and batch.hr.shape == (3, 3, 32, 32)
     assert batch.extras["width"].shape == batch.extras["noise"].shape == (3,)
     with pytest.raises(ValueError, match="unknown degradation setting"):
-        DegradedPairs([image_folder], 32, 4, 3, seed=0, setting="motion")
+        DegradedPairs([image_folder], 32, 4, 3, seed=0, setting="motion", sharp_quarters=1)
 
 
 def test_training_goes_through_both_stages_and_resumes_bit_exactly(image_folder, tmp_path) -> None:

@@ -22,18 +22,27 @@ Written from the paper and `shared/research/model_specs.md` section 3 (the offic
 Images are RGB in [0, 1]. The representation is computed once per image before tiling (`DASRRunner`):
 on the whole LR image when it has at most REPRESENTATION_PIXELS pixels, else on a bounded view (see
 `representation`). The paper's configuration (64 channels, 5 x 5 blocks) has 5.84 M parameters.
+
+The authors' released `model_600.pt` files (LongguangWang/DASR; `official_checkpoints.md` section 2) are
+read by `recognise`: the same network on 0..255 images, so the first encoder conv and the head take
+their weights x255 and the tail's weights and bias /255 (everything between is unchanged); their
+MeanShift layers must hold DIV2K's mean (checked, then dropped as our fixed `rgb_mean`), their MoCo
+projection head (`E.encoder_q.mlp`, training only) is dropped, and they have no probe (`probe=False`:
+no estimates are reported).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import re
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from upscale_cli.archs.base import ModelDescriptor, RunOptions
+from upscale_cli.archs.base import ModelDescriptor, Recognised, RunOptions
 from upscale_cli.archs.runners import NetworkRunner
 from upscale_cli.tiler import IMAGE, Inputs, Tiles, Window
 
@@ -56,10 +65,11 @@ class DASRConfig:
     groups: int = 5
     blocks: int = 5
     reduction: int = 8
+    probe: bool = True  # the blur and noise probe (the authors' files have none)
 
     def __post_init__(self) -> None:
-        if self.scale not in (2, 4, 8):
-            raise ValueError(f"dasr scale must be 2, 4 or 8, not {self.scale}")
+        if self.scale not in (2, 3, 4, 8):
+            raise ValueError(f"dasr scale must be 2, 3, 4 or 8, not {self.scale}")
         for name in ("channels", "groups", "blocks", "reduction"):
             if getattr(self, name) < 1:
                 raise ValueError(f"dasr {name} must be at least 1, not {getattr(self, name)}")
@@ -150,16 +160,18 @@ class DASR(nn.Module):
         self.groups = nn.ModuleList(DAGroup(c, config.blocks, config.reduction) for _ in range(config.groups))
         self.body_tail = nn.Conv2d(c, c, 3, padding=1)
         stages: list[nn.Module] = []
-        for _ in range(int(math.log2(config.scale))):
-            stages += [nn.Conv2d(c, 4 * c, 3, padding=1), nn.PixelShuffle(2)]
+        for factor in _shuffles(config.scale):
+            stages += [nn.Conv2d(c, factor**2 * c, 3, padding=1), nn.PixelShuffle(factor)]
         self.upsample = nn.Sequential(*stages)
         self.tail = nn.Conv2d(c, 3, 3, padding=1)
-        self.probe = nn.Sequential(nn.Linear(REPRESENTATION_DIM, 64), nn.LeakyReLU(0.1), nn.Linear(64, 2))
+        self.probe = (nn.Sequential(nn.Linear(REPRESENTATION_DIM, 64), nn.LeakyReLU(0.1), nn.Linear(64, 2))
+                      if config.probe else None)
         self.register_buffer("rgb_mean", torch.tensor(RGB_MEAN).view(1, 3, 1, 1), persistent=False)
 
     def sr_parameters(self) -> list[nn.Parameter]:
         """G's parameters: everything but the encoder and the probe."""
-        skip = {id(p) for p in [*self.encoder.parameters(), *self.probe.parameters()]}
+        probe = [] if self.probe is None else [*self.probe.parameters()]
+        skip = {id(p) for p in [*self.encoder.parameters(), *probe]}
         return [p for p in self.parameters() if id(p) not in skip]
 
     def super_resolve(self, lr: torch.Tensor, representation: torch.Tensor) -> torch.Tensor:
@@ -173,12 +185,19 @@ class DASR(nn.Module):
         return self.tail(self.upsample(features + self.body_tail(h))) + mean
 
     def estimate(self, representation: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The probe's estimates of the blur width (HR px) and noise level (0..255), each (B,)."""
+        """The probe's estimates of the blur width (HR px) and noise level (0..255), each (B,); none without one."""
+        if self.probe is None:
+            return {}
         out = self.probe(representation.float())
         return {"blur_width": out[:, 0] * MAX_WIDTH, "noise_level": out[:, 1] * MAX_NOISE}
 
     def forward(self, lr: torch.Tensor, representation: torch.Tensor | None = None) -> torch.Tensor:
         return self.super_resolve(lr, self.encoder(lr) if representation is None else representation)
+
+
+def _shuffles(scale: int) -> list[int]:
+    """The upsampler's pixel-shuffle factors: one 3 for x3, else a 2 per doubling (EDSR's upsampler)."""
+    return [3] if scale == 3 else [2] * int(math.log2(scale))
 
 
 def view_crops(height: int, width: int, max_pixels: int) -> list[tuple[int, int, int]]:
@@ -232,8 +251,7 @@ def receptive_radius(config: DASRConfig) -> int:
     """LR pixels on each side that can change one output pixel, the representation held fixed: head 1, per DA
     block 4 (two depth-wise and two dense 3x3 convs), per group 1, the body tail 1, the upsampler 1 per stage
     (its 3x3 convs at 2^k x LR) and the tail's 1 HR px."""
-    stages = int(math.log2(config.scale))
-    return 1 + config.groups * (4 * config.blocks + 1) + 1 + stages + 1
+    return 1 + config.groups * (4 * config.blocks + 1) + 1 + len(_shuffles(config.scale)) + 1
 
 
 def bytes_per_lr_pixel(config: DASRConfig) -> int:
@@ -244,6 +262,8 @@ def bytes_per_lr_pixel(config: DASRConfig) -> int:
 
 def describe_input(model: DASR, image: torch.Tensor) -> dict[str, float]:
     """The probe's estimates for an LR image: blur width in HR px and noise level on 0..255."""
+    if model.probe is None:
+        return {}
     estimates = model.estimate(representation(model, image))
     return {name: round(float(value[0]), 2) for name, value in estimates.items()}
 
@@ -257,6 +277,78 @@ def initialize_statistics(model: DASR, lr: torch.Tensor) -> None:
     model.train(was_training)
 
 
+_OFFICIAL_NAMES = (  # the authors' tensor names -> ours (groups g, blocks b, DA convs n)
+    (r"E\.encoder_q\.E\.(\d+)\.", r"encoder.body.\1."),
+    (r"G\.compress\.0\.", "compress.0."),
+    (r"G\.head\.0\.", "head."),
+    (r"G\.body\.(\d+)\.body\.(\d+)\.da_conv(\d)\.kernel\.", r"groups.\1.blocks.\2.da\3.kernel."),
+    (r"G\.body\.(\d+)\.body\.(\d+)\.da_conv(\d)\.conv\.", r"groups.\1.blocks.\2.da\3.conv."),
+    (r"G\.body\.(\d+)\.body\.(\d+)\.da_conv(\d)\.ca\.conv_du\.", r"groups.\1.blocks.\2.da\3.attention."),
+    (r"G\.body\.(\d+)\.body\.(\d+)\.conv(\d)\.", r"groups.\1.blocks.\2.conv\3."),
+    (r"G\.tail\.0\.(\d+)\.", r"upsample.\1."),
+    (r"G\.tail\.1\.", "tail."),
+)
+_DROPPED = ("E.encoder_q.mlp.", "G.sub_mean.", "G.add_mean.")  # the training-only head; the checked MeanShifts
+
+
+def recognise(tensors: Mapping[str, torch.Tensor]) -> Recognised | None:
+    """The authors' DASR release under our names, with its 0..255 convention converted (module docstring)."""
+    if "G.compress.0.weight" not in tensors or "E.encoder_q.E.0.weight" not in tensors:
+        return None
+    family = "DASR official release (LongguangWang/DASR)"
+    groups = len({k.split(".")[2] for k in tensors if k.startswith("G.body.")}) - 1
+    blocks = len({k.split(".")[4] for k in tensors if k.startswith("G.body.0.body.")}) - 1
+    named, unknown = {}, []
+    for key, value in tensors.items():
+        ours = _official_name(key, groups, blocks)
+        if ours is None and not key.startswith(_DROPPED):
+            unknown.append(key)
+        elif ours is not None:
+            named[ours] = value
+    problems = [f"unexpected tensors: {', '.join(unknown[:4])}"] if unknown else []
+    problems += _mean_shift_problems(tensors)
+    try:
+        channels = tensors["G.head.0.weight"].shape[0]
+        stages = [k for k in tensors if re.fullmatch(r"G\.tail\.0\.\d+\.weight", k)]
+        first = tensors["G.tail.0.0.weight"].shape[0] // channels
+        scale = 4 if len(stages) == 2 else 8 if len(stages) == 3 else math.isqrt(first)
+        config = DASRConfig(scale=scale, channels=channels, groups=groups, blocks=blocks,
+                            reduction=channels // tensors["G.body.0.body.0.da_conv1.ca.conv_du.0.weight"].shape[0],
+                            probe=False)
+    except (KeyError, ValueError, ZeroDivisionError) as exc:
+        return Recognised(family, {}, named, problems=problems + [f"sizes not readable: {exc}"])
+    for name, factor in (("encoder.body.0.weight", 255.0), ("head.weight", 255.0), ("tail.weight", 1 / 255),
+                         ("tail.bias", 1 / 255)):
+        if name in named:
+            named[name] = named[name].double() * factor
+    return Recognised(family, asdict(config), named, problems)
+
+
+def _official_name(key: str, groups: int, blocks: int) -> str | None:
+    for pattern, replacement in _OFFICIAL_NAMES:
+        if re.match(pattern, key):
+            return re.sub(pattern, replacement, key, count=1)
+    group_tail = re.fullmatch(rf"G\.body\.(\d+)\.body\.{blocks}\.(weight|bias)", key)
+    if group_tail:
+        return f"groups.{group_tail[1]}.conv.{group_tail[2]}"
+    if re.fullmatch(rf"G\.body\.{groups}\.(weight|bias)", key):
+        return f"body_tail.{key.rsplit('.', 1)[1]}"
+    return None
+
+
+def _mean_shift_problems(tensors: Mapping[str, torch.Tensor]) -> list[str]:
+    """Whether the release's MeanShift 1x1 convs are the identity plus or minus 255 x DIV2K's mean."""
+    mean = 255 * torch.tensor(RGB_MEAN, dtype=torch.float64)
+    for name, sign in (("G.sub_mean", -1), ("G.add_mean", 1)):
+        weight, bias = tensors.get(f"{name}.weight"), tensors.get(f"{name}.bias")
+        if weight is None or bias is None or weight.shape != (3, 3, 1, 1) or bias.shape != (3,):
+            return [f"missing tensors: {name}.weight, {name}.bias (3 x 3 x 1 x 1 and 3)"]
+        if not (torch.allclose(weight.double().flatten(1), torch.eye(3, dtype=torch.float64), atol=1e-4)
+                and torch.allclose(bias.double(), sign * mean, atol=1e-2)):
+            return [f"{name} is not the identity {'+' if sign > 0 else '-'} 255 x DIV2K's mean colour"]
+    return []
+
+
 DESCRIPTOR = ModelDescriptor(
     id="dasr",
     paper="Wang et al., Unsupervised Degradation Representation Learning for Blind Super-Resolution, CVPR 2021",
@@ -267,5 +359,6 @@ DESCRIPTOR = ModelDescriptor(
     make_runner=make_runner,
     initialize=initialize_statistics,
     describe_input=describe_input,
+    recognise=recognise,
     small_config={"scale": 4, "channels": 16, "groups": 1, "blocks": 2, "reduction": 8},
 )

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +114,8 @@ class DASRRecipe(Recipe):
             raise ValueError(f"the queue ({options.queue}) must be a multiple of the batch ({config.batch})")
         self.config, self.wrap = config, context.wrap
         self.arch_config = DASRConfig(scale=config.scale, **config.arch)
+        if not self.arch_config.probe:
+            raise ValueError("dasr training trains the probe too: arch.probe must stay true")
         torch.manual_seed(config.seed)
         self.generator = DASR(self.arch_config).to(context.device).train()
         if config.init:
@@ -231,15 +233,17 @@ class DASRRecipe(Recipe):
 def load_start(model: DASR, path: Path) -> None:
     """Start from another DASR checkpoint: its degradation encoder and probe always (a stage-1 run's: its G
     may have any configuration), and its whole G too when G's configuration is this run's (continuing an
-    exported model with fresh optimiser state). The projection head starts afresh."""
+    exported model with fresh optimiser state). The projection head starts afresh, and so does the probe
+    of a source without one (the authors' release)."""
     source, info = load_model(path)
     if info.arch != "dasr":
         raise ValueError(f"{path}: is {info.arch}, not a dasr checkpoint to start from")
-    if source.config == model.config:
-        model.load_state_dict(source.state_dict())
+    if replace(source.config, probe=model.config.probe) == model.config:
+        model.load_state_dict(source.state_dict(), strict=source.probe is not None)  # no probe: a fresh one
         return
     model.encoder.load_state_dict(source.encoder.state_dict())
-    model.probe.load_state_dict(source.probe.state_dict())
+    if source.probe is not None:
+        model.probe.load_state_dict(source.probe.state_dict())
 
 
 def validation_conditions(config: TrainConfig) -> list[Degradation]:
