@@ -569,3 +569,104 @@ def test_training_can_start_from_the_dasr_release(tmp_path: Path) -> None:
     torch.testing.assert_close(model.groups[1].conv.weight, converted["G.body.1.body.2.weight"])
     torch.testing.assert_close(model.head.weight, converted["G.head.0.weight"] * 255)
     assert torch.equal(model.probe[0].weight, probe_before)
+
+
+# ----- ArtFlow's official release (random values in the documented layout) -------------------------------
+
+def artflow_official_state(blocks: int = 2, flows: int = 2, hidden: int = 16) -> dict[str, torch.Tensor]:
+    """pkuanjie/ArtFlow's glow.pth layout (official_checkpoints.md section 4), random values; the masked-off
+    parts of w_l and w_u hold noise, which the documented numerics ignore."""
+    generator, state, channels = torch.Generator().manual_seed(5), {}, 3
+
+    def rand(*shape: int, std: float = 1.0) -> torch.Tensor:
+        return torch.randn(*shape, generator=generator, dtype=torch.float64) * std
+
+    for b in range(blocks):
+        channels *= 4
+        for f in range(flows):
+            key = f"blocks.{b}.flows.{f}"
+            state[f"{key}.actnorm.loc"] = rand(1, channels, 1, 1, std=0.1)
+            state[f"{key}.actnorm.scale"] = torch.exp(rand(1, channels, 1, 1, std=0.1))
+            state[f"{key}.actnorm.initialized"] = torch.tensor(1, dtype=torch.uint8)
+            q, _ = torch.linalg.qr(rand(channels, channels))
+            p, lower, upper = torch.linalg.lu(q)
+            upper_mask = torch.triu(torch.ones(channels, channels, dtype=torch.float64), 1)
+            state[f"{key}.invconv.w_p"] = p
+            state[f"{key}.invconv.w_l"] = lower * upper_mask.T + rand(channels, channels) * (1 - upper_mask.T)
+            state[f"{key}.invconv.w_u"] = upper * upper_mask + rand(channels, channels) * (1 - upper_mask)
+            state[f"{key}.invconv.w_s"] = torch.log(torch.diagonal(upper).abs())
+            state[f"{key}.invconv.s_sign"] = torch.sign(torch.diagonal(upper))
+            state[f"{key}.invconv.u_mask"], state[f"{key}.invconv.l_mask"] = upper_mask, upper_mask.T.clone()
+            state[f"{key}.invconv.l_eye"] = torch.eye(channels, dtype=torch.float64)
+            half = channels // 2
+            state[f"{key}.coupling.net.0.weight"] = rand(hidden, half, 3, 3, std=0.05)
+            state[f"{key}.coupling.net.0.bias"] = rand(hidden, std=0.01)
+            state[f"{key}.coupling.net.2.weight"] = rand(hidden, hidden, 1, 1, std=0.05)
+            state[f"{key}.coupling.net.2.bias"] = rand(hidden, std=0.01)
+            state[f"{key}.coupling.net.4.scale"] = rand(1, half, 1, 1, std=0.1)
+            state[f"{key}.coupling.net.4.conv.weight"] = rand(half, hidden, 3, 3, std=0.05)
+            state[f"{key}.coupling.net.4.conv.bias"] = rand(half, std=0.01)
+    return {k: v.float() if v.dtype == torch.float64 else v for k, v in state.items()}
+
+
+def reference_artflow_latent(state: dict[str, torch.Tensor], image: torch.Tensor) -> torch.Tensor:
+    """The release's forward flow from the documented numerics: squeeze (c*4 + 2*dy + dx), then per flow
+    ActNorm scale*(x + loc), the LU 1x1 conv and additive coupling with a 1-padded zero conv."""
+    s = {k: v.double() for k, v in state.items()}
+    x = image.double()
+    blocks = len({k.split(".")[1] for k in s})
+    flows = len({k.split(".")[3] for k in s if k.startswith("blocks.0.")})
+    for b in range(blocks):
+        batch, channels, height, width = x.shape
+        x = x.view(batch, channels, height // 2, 2, width // 2, 2).permute(0, 1, 3, 5, 2, 4)
+        x = x.reshape(batch, channels * 4, height // 2, width // 2)
+        for f in range(flows):
+            k = f"blocks.{b}.flows.{f}"
+            x = s[f"{k}.actnorm.scale"] * (x + s[f"{k}.actnorm.loc"])
+            lower = s[f"{k}.invconv.w_l"] * s[f"{k}.invconv.l_mask"] + s[f"{k}.invconv.l_eye"]
+            upper = s[f"{k}.invconv.w_u"] * s[f"{k}.invconv.u_mask"] + torch.diag(s[f"{k}.invconv.s_sign"] * torch.exp(s[f"{k}.invconv.w_s"]))
+            x = F.conv2d(x, (s[f"{k}.invconv.w_p"] @ lower @ upper)[:, :, None, None])
+            a, rest = x.chunk(2, 1)
+            h = F.relu(F.conv2d(a, s[f"{k}.coupling.net.0.weight"], s[f"{k}.coupling.net.0.bias"], padding=1))
+            h = F.relu(F.conv2d(h, s[f"{k}.coupling.net.2.weight"], s[f"{k}.coupling.net.2.bias"]))
+            h = F.conv2d(F.pad(h, (1, 1, 1, 1), value=1.0), s[f"{k}.coupling.net.4.conv.weight"], s[f"{k}.coupling.net.4.conv.bias"])
+            x = torch.cat([a, rest + h * torch.exp(3 * s[f"{k}.coupling.net.4.scale"])], 1)
+    return x
+
+
+def test_artflow_release_converts_and_gives_the_documented_latent(tmp_path: Path) -> None:
+    from upscale_cli.checkpoint import load_model, read_info
+
+    state = artflow_official_state()
+    path = tmp_path / "glow.pth"
+    torch.save({"iter": 12, "state_dict": state, "optimizer": {"state": {}, "param_groups": []}}, path)
+    out = tmp_path / "artflow_official.safetensors"
+    result = invoke("convert", path, "-o", out)
+    assert result.exit_code == 0, result.output
+    info = read_info(out)
+    assert (info.arch, info.config["blocks"], info.config["flows"], info.config["hidden"]) == ("artflow", 2, 2, 16)
+    model, _ = load_model(out)
+    image = torch.from_numpy(smooth_image(16, 12, 3).astype(np.float32) / 255).permute(2, 0, 1)[None]
+    with torch.no_grad():
+        latent = model.eval().project(image)
+        torch.testing.assert_close(latent.double(), reference_artflow_latent(state, image), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(model.revert(latent), image, atol=1e-4, rtol=0)  # still a flow: it inverts
+    style = tmp_path / "style.png"
+    save_image(style, smooth_image(20, 20, 4).astype(np.float32) / 255)
+    run = invoke("stylize", *save_image(tmp_path / "c.png", image[0].permute(1, 2, 0).numpy()),
+                 "--style", style, "-m", out, "-o", tmp_path / "s.png")
+    assert run.exit_code == 0, run.output
+
+
+@pytest.mark.parametrize(("tensor", "value", "message"), [
+    ("blocks.1.flows.0.actnorm.scale", -1.0, "scales that are not positive"),
+    ("blocks.0.flows.1.actnorm.initialized", 0, "never initialised from data"),
+    ("blocks.0.flows.0.invconv.l_eye", 2.0, "is not the standard l_eye"),
+])
+def test_artflow_release_files_our_flow_cannot_hold_are_refused(tmp_path: Path, tensor: str, value: float, message: str) -> None:
+    state = artflow_official_state()
+    state[tensor] = torch.full_like(state[tensor], value) if state[tensor].dim() < 2 or value != 2.0 else state[tensor] * value
+    path = tmp_path / "glow.pth"
+    torch.save({"iter": 1, "state_dict": state}, path)
+    result = invoke("convert", path, "-o", tmp_path / "o.safetensors")
+    assert result.exit_code == ExitCode.MODEL and message in result.output, result.output

@@ -15,18 +15,26 @@ from the shared flow library (`upscale_cli.flows`).
 
 The flow runs in fp32 whatever the precision asked for: the transfer only makes sense if the inverse is
 exact. Images are RGB in [0, 1]; sides are padded to multiples of 4 (reflection) and cropped back.
+
+The authors' `glow.pth` files (pkuanjie/ArtFlow; `official_checkpoints.md` section 4) are read by
+`recognise`: the same flow, with ActNorm's linear scale stored as its log here (a scale that is not
+positive cannot be, and is refused), its LU masks and identity checked and dropped, and `initialized`
+required to be 1. The AdaIN and WCT files have one layout; `--method` picks the transfer.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from upscale_cli.archs.base import IMAGE_TO_IMAGE, WHOLE, ExtraInput, ModelDescriptor, RunOptions, SizeRequirements
+from upscale_cli.archs.base import (IMAGE_TO_IMAGE, WHOLE, ExtraInput, ModelDescriptor, Recognised, RunOptions,
+                                   SizeRequirements)
 from upscale_cli.archs.catalog import TRANSFER_METHODS
 from upscale_cli.flows import (ActNorm, AdditiveCoupling, FlowLevel, FlowSequence, LUInvertibleConv1x1, MultiScaleFlow,
                                ZeroConv2d)
@@ -234,6 +242,71 @@ def receptive_radius(config: ArtFlowConfig) -> int:
     return 2 * one_way
 
 
+_OFFICIAL_FLOW = re.compile(r"^blocks\.(\d+)\.flows\.(\d+)\.(actnorm|invconv|coupling)\.(.+)$")
+_OFFICIAL_LEAVES = {  # (their layer, their name) -> (our layer index in a step, our name)
+    ("actnorm", "loc"): (0, "bias"), ("actnorm", "scale"): (0, "logs"), ("actnorm", "initialized"): (0, "initialized"),
+    ("invconv", "w_l"): (1, "lower"), ("invconv", "w_u"): (1, "upper"), ("invconv", "w_s"): (1, "log_s"),
+    ("invconv", "w_p"): (1, "permutation"), ("invconv", "s_sign"): (1, "sign"), ("invconv", "l_mask"): (1, "lower_mask"),
+    ("coupling", "net.0.weight"): (2, "net.0.weight"), ("coupling", "net.0.bias"): (2, "net.0.bias"),
+    ("coupling", "net.2.weight"): (2, "net.2.weight"), ("coupling", "net.2.bias"): (2, "net.2.bias"),
+    ("coupling", "net.4.scale"): (2, "net.4.logs"), ("coupling", "net.4.conv.weight"): (2, "net.4.conv.weight"),
+    ("coupling", "net.4.conv.bias"): (2, "net.4.conv.bias"),
+}
+
+
+def recognise(tensors: Mapping[str, torch.Tensor]) -> Recognised | None:
+    """The authors' ArtFlow Glow (additive coupling, LU 1x1 convs) under our names, or None."""
+    if "blocks.0.flows.0.invconv.w_p" not in tensors or "blocks.0.flows.0.coupling.net.4.scale" not in tensors:
+        return None
+    if any(".prior." in key for key in tensors):
+        return None  # rosinality-style Glow: a split and a prior, another network
+    family = "ArtFlow official release (pkuanjie/ArtFlow)"
+    named, problems, unknown = {}, [], []
+    for key, value in tensors.items():
+        match = _OFFICIAL_FLOW.match(key)
+        if match is None:
+            unknown.append(key)
+            continue
+        block, flow, layer, leaf = match.groups()
+        if (layer, leaf) in (("invconv", "u_mask"), ("invconv", "l_eye")):
+            problems += _fixed_buffer_problem(key, value, leaf)
+            continue
+        if (layer, leaf) not in _OFFICIAL_LEAVES:
+            unknown.append(key)
+            continue
+        index, ours = _OFFICIAL_LEAVES[layer, leaf]
+        named[f"pfn.levels.{block}.steps.layers.{flow}.layers.{index}.{ours}"] = _converted(key, leaf, value, problems)
+    problems += [f"unexpected tensors: {', '.join(unknown[:4])}"] if unknown else []
+    blocks = len({key.split(".")[1] for key in tensors if key.startswith("blocks.")})
+    flows = len({key.split(".")[3] for key in tensors if key.startswith("blocks.0.flows.")})
+    hidden = tensors.get("blocks.0.flows.0.coupling.net.0.weight", torch.empty(0)).shape[:1]
+    try:
+        config = ArtFlowConfig(blocks=blocks, flows=flows, hidden=int(hidden[0]) if hidden else 0)
+    except ValueError as exc:
+        return Recognised(family, {}, named, problems=problems + [str(exc)])
+    return Recognised(family, dataclasses.asdict(config), named, problems)
+
+
+def _converted(key: str, leaf: str, value: torch.Tensor, problems: list[str]) -> torch.Tensor:
+    """A tensor in our convention: ActNorm's scale as its log, `initialized` as a bool that must be set."""
+    if leaf == "scale" and ".actnorm." in key:
+        if not bool((value > 0).all()):
+            problems.append(f"{key} has scales that are not positive (this flow stores their logarithm)")
+        return torch.log(value.double().clamp(min=1e-30))
+    if leaf == "initialized":
+        if int(value) != 1:
+            problems.append(f"{key} is 0: the file's ActNorm was never initialised from data")
+        return torch.tensor(bool(value))
+    return value
+
+
+def _fixed_buffer_problem(key: str, value: torch.Tensor, leaf: str) -> list[str]:
+    """The LU conv's strictly-upper mask and identity are fixed by the layer; a file with others is not this flow."""
+    size = value.shape[0] if value.dim() == 2 else 0
+    expected = torch.triu(torch.ones(size, size), 1) if leaf == "u_mask" else torch.eye(size)
+    return [] if value.dim() == 2 and torch.equal(value.float(), expected) else [f"{key} is not the standard {leaf}"]
+
+
 def initialize_from(model: ArtFlow, image: torch.Tensor) -> None:
     """Data-dependent ActNorm initialisation from a batch of images (multiples of 2^blocks after cropping)."""
     step = model.config.multiple
@@ -254,6 +327,7 @@ DESCRIPTOR = ModelDescriptor(
     # pixels, two of them) and the latents, x2 for slack.
     bytes_per_input_pixel=lambda cfg: 2 * 4 * (2 * cfg.hidden // 4 + 48),
     task=IMAGE_TO_IMAGE,
+    recognise=recognise,
     extra_inputs=(ExtraInput("style", 3, WHOLE, "the style image (RGB, any size)",
                              load=lambda value, height, width: read_style(value)),),
     size=SizeRequirements(multiple=4),
