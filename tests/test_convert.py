@@ -670,3 +670,110 @@ def test_artflow_release_files_our_flow_cannot_hold_are_refused(tmp_path: Path, 
     torch.save({"iter": 1, "state_dict": state}, path)
     result = invoke("convert", path, "-o", tmp_path / "o.safetensors")
     assert result.exit_code == ExitCode.MODEL and message in result.output, result.output
+
+
+# ----- SFT-GAN's official release (random values in the documented layout) ------------------------------
+
+def sftgan_official_state(variant: str, blocks: int = 2, channels: int = 16) -> dict[str, torch.Tensor]:
+    """xinntao/SFTGAN's generator layout (official_checkpoints.md section 3.2), random values."""
+    generator, state = torch.Generator().manual_seed(3), {}
+
+    def conv(name: str, out: int, inputs: int, size: int) -> None:
+        state[f"{name}.weight"] = torch.randn(out, inputs, size, size, generator=generator) * (0.7 / math.sqrt(size * size * inputs))
+        state[f"{name}.bias"] = torch.randn(out, generator=generator) * 0.05
+
+    conv("conv0", channels, 3, 3)
+    for k in range(blocks + 1):
+        for layer in ("sft0", "sft1") if k < blocks else ("",):
+            prefix = f"sft_branch.{k}." + (f"{layer}." if layer else "")
+            for kind in ("scale", "shift"):
+                conv(f"{prefix}SFT_{kind}_conv0", 32, 32, 1)
+                conv(f"{prefix}SFT_{kind}_conv1", channels, 32, 1)
+        if k < blocks:
+            conv(f"sft_branch.{k}.conv0", channels, channels, 3)
+            conv(f"sft_branch.{k}.conv1", channels, channels, 3)
+    conv(f"sft_branch.{blocks + 1}", channels, channels, 3)
+    conv("CondNet.0", 128, 8, 4)
+    for index in (2, 4, 6):
+        conv(f"CondNet.{index}", 128, 128, 1)
+    conv("CondNet.8", 32, 128, 1)
+    if variant == "pytorch":
+        conv("HR_branch.0", 4 * channels, channels, 3)
+        conv("HR_branch.3", 4 * channels, channels, 3)
+    else:
+        conv("HR_branch.1", channels, channels, 3)
+        conv("HR_branch.4", channels, channels, 3)
+    conv("HR_branch.6", channels, channels, 3)
+    conv("HR_branch.8", 3, channels, 3)
+    return state
+
+
+def reference_sftgan(state: dict[str, torch.Tensor], lr: torch.Tensor, prior: torch.Tensor, variant: str) -> torch.Tensor:
+    """The release's forward from the documented numerics (official_checkpoints.md section 3.4)."""
+    s = {k: v.double() for k, v in state.items()}
+    slope = 0.1 if variant == "pytorch" else 0.01
+
+    def conv(name: str, x: torch.Tensor, stride: int = 1) -> torch.Tensor:
+        size = s[f"{name}.weight"].shape[-1]
+        return F.conv2d(x, s[f"{name}.weight"], s[f"{name}.bias"], stride=stride, padding=size // 2 if size == 3 else 0)
+
+    cond = prior.double()
+    cond = F.leaky_relu(conv("CondNet.0", cond, stride=4), 0.1)
+    for index in (2, 4, 6):
+        cond = F.leaky_relu(conv(f"CondNet.{index}", cond), 0.1)
+    cond = conv("CondNet.8", cond)
+
+    def sft(prefix: str, x: torch.Tensor) -> torch.Tensor:
+        scale = conv(f"{prefix}SFT_scale_conv1", F.leaky_relu(conv(f"{prefix}SFT_scale_conv0", cond), slope))
+        shift = conv(f"{prefix}SFT_shift_conv1", F.leaky_relu(conv(f"{prefix}SFT_shift_conv0", cond), slope))
+        return x * (scale + 1) + shift if variant == "pytorch" else x * scale + shift
+
+    features = conv("conv0", lr.double())
+    x = features
+    blocks = len({k.split(".")[1] for k in s if k.startswith("sft_branch.")}) - 2
+    for k in range(blocks):
+        if variant == "pytorch":
+            y = conv(f"sft_branch.{k}.conv1", sft(f"sft_branch.{k}.sft1.", F.relu(conv(f"sft_branch.{k}.conv0", sft(f"sft_branch.{k}.sft0.", x)))))
+        else:
+            y = conv(f"sft_branch.{k}.conv1", F.relu(sft(f"sft_branch.{k}.sft1.", conv(f"sft_branch.{k}.conv0", F.relu(sft(f"sft_branch.{k}.sft0.", x))))))
+        x = x + y
+    x = features + conv(f"sft_branch.{blocks + 1}", sft(f"sft_branch.{blocks}.", x))
+    if variant == "pytorch":
+        x = F.relu(F.pixel_shuffle(conv("HR_branch.0", x), 2))
+        x = F.relu(F.pixel_shuffle(conv("HR_branch.3", x), 2))
+    else:
+        x = F.relu(conv("HR_branch.1", F.interpolate(x, scale_factor=2, mode="nearest")))
+        x = F.relu(conv("HR_branch.4", F.interpolate(x, scale_factor=2, mode="nearest")))
+    return conv("HR_branch.8", F.relu(conv("HR_branch.6", x)))
+
+
+@pytest.mark.parametrize("variant", ["pytorch", "paper"])
+def test_sftgan_release_converts_and_matches_the_documented_forward(tmp_path: Path, variant: str) -> None:
+    from upscale_cli.checkpoint import load_model, read_info
+
+    state = sftgan_official_state(variant)
+    path = tmp_path / ("SFTGAN_noBN_OST_bg.pth" if variant == "pytorch" else "SFTGAN_torch.pth")
+    torch.save(state, path)
+    out = tmp_path / "sftgan_official.safetensors"
+    result = invoke("convert", path, "-o", out)
+    assert result.exit_code == 0, result.output
+    info = read_info(out)
+    assert (info.arch, info.config["variant"], info.config["blocks"], info.config["channels"]) == ("sftgan", variant, 2, 16)
+    assert info.params == sum(v.numel() for v in state.values())
+    lr = torch.from_numpy(smooth_image(8, 12, 2).astype(np.float32) / 255).permute(2, 0, 1)[None]
+    prior = torch.softmax(torch.randn(1, 8, 32, 48, generator=torch.Generator().manual_seed(1)), dim=1)
+    model, _ = load_model(out)
+    with torch.no_grad():
+        got = model.eval()(lr, prior).double()
+    expected = reference_sftgan(state, lr, prior, variant)
+    assert expected.std() > 0.01
+    torch.testing.assert_close(got, expected, atol=1e-4 * float(expected.abs().max()), rtol=1e-4)
+
+
+def test_sftgan_segmentation_network_is_refused_with_its_reason(tmp_path: Path) -> None:
+    path = tmp_path / "segmentation_OST_bic.pth"
+    torch.save({"feature.0.weight": torch.zeros(64, 3, 3, 3), "feature.47.weight": torch.zeros(8, 512, 1, 1),
+                "feature.47.bias": torch.zeros(8), "deconv.weight": torch.zeros(8, 1, 16, 16)}, path)
+    result = invoke("convert", path, "-o", tmp_path / "o.safetensors")
+    assert result.exit_code == ExitCode.MODEL
+    assert "segmentation network (OutdoorSceneSeg)" in result.output and "upscale has no network for it" in result.output

@@ -21,18 +21,26 @@ Written from the paper and `shared/research/model_specs.md` section 4 (the offic
 
 Images are RGB in [0, 1]; the prior is the extra input `prior` at the output's size, which the tiler
 crops, pads and turns with the image.
+
+The authors' generators (xinntao/SFTGAN: `SFTGAN_noBN_OST_bg.pth`, trained in PyTorch, is the pytorch
+variant; `SFTGAN_torch.pth`, converted from Torch7, the paper variant; `official_checkpoints.md` section 3)
+are read by `recognise`, the variant told by the upsampler's layout. Their segmentation network
+(`segmentation_OST_bic.pth`, a 52 M-parameter ResNet-101 OutdoorSceneSeg) is a network upscale does not
+have: it is refused, saying so; the converted generators take the automatic prior or `--input prior=`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from upscale_cli.archs.base import AT_OUTPUT, ExtraInput, ModelDescriptor
+from upscale_cli.archs.base import AT_OUTPUT, ExtraInput, ModelDescriptor, Recognised
 
 CLASSES = ("background", "sky", "water", "grass", "mountain", "building", "plant", "animal")
 CONDITION_CHANNELS = 32
@@ -155,6 +163,59 @@ def receptive_radius(config: SFTGANConfig) -> int:
     return head + 2 * config.blocks + 1 + 2 + 1
 
 
+_SFT_PARTS = {"SFT_scale_conv0": "gamma.0", "SFT_scale_conv1": "gamma.2", "SFT_shift_conv0": "beta.0",
+              "SFT_shift_conv1": "beta.2"}
+_HR_BRANCH = {"pytorch": {"0": "upsample.0", "3": "upsample.3", "6": "tail.0", "8": "tail.2"},
+              "paper": {"1": "upsample.1", "4": "upsample.4", "6": "tail.0", "8": "tail.2"}}
+
+
+def recognise(tensors: Mapping[str, torch.Tensor]) -> Recognised | None:
+    """The authors' SFT-GAN generators under our names; their segmentation network is named and refused."""
+    if "deconv.weight" in tensors and "feature.47.weight" in tensors:
+        return Recognised("SFT-GAN's segmentation network (OutdoorSceneSeg)", {}, {}, problems=[
+            "upscale has no network for it (a 52 M-parameter ResNet-101 segmenter); convert the SFT-GAN generator "
+            "instead, which takes upscale's automatic prior or --input prior=FILE"])
+    if "CondNet.0.weight" not in tensors or "sft_branch.0.sft0.SFT_scale_conv0.weight" not in tensors:
+        return None
+    variant = "pytorch" if "HR_branch.0.weight" in tensors else "paper"
+    family = f"SFT-GAN official release ({'SFTGAN_noBN_OST_bg, PyTorch' if variant == 'pytorch' else 'SFTGAN_torch, Torch7'})"
+    blocks = len({key.split(".")[1] for key in tensors if key.startswith("sft_branch.")}) - 2
+    named, unknown = {}, []
+    for key, value in tensors.items():
+        ours = _official_name(key, blocks, variant)
+        if ours is None:
+            unknown.append(key)
+        else:
+            named[ours] = value
+    problems = [f"unexpected tensors: {', '.join(unknown[:4])}"] if unknown else []
+    config = SFTGANConfig(channels=tensors["conv0.weight"].shape[0], blocks=max(blocks, 0), variant=variant)
+    return Recognised(family, asdict(config), named, problems)
+
+
+def _official_name(key: str, blocks: int, variant: str) -> str | None:
+    head, _, leaf = key.rpartition(".")
+    if head == "conv0":
+        return f"head.{leaf}"
+    if head.startswith("CondNet."):
+        return f"condition.body.{head[8:]}.{leaf}"
+    if head.startswith("HR_branch."):
+        ours = _HR_BRANCH[variant].get(head[10:])
+        return None if ours is None else f"{ours}.{leaf}"
+    if head == f"sft_branch.{blocks + 1}":
+        return f"trunk_conv.{leaf}"
+    sft = re.fullmatch(r"sft_branch\.(\d+)\.(?:(sft[01])\.)?(\w+)", head)
+    if sft is None:
+        return None
+    index, layer, part = int(sft[1]), sft[2], sft[3]
+    if index == blocks and layer is None and part in _SFT_PARTS:
+        return f"trunk_sft.{_SFT_PARTS[part]}.{leaf}"
+    if index < blocks and layer is not None and part in _SFT_PARTS:
+        return f"blocks.{index}.sft{int(layer[-1]) + 1}.{_SFT_PARTS[part]}.{leaf}"
+    if index < blocks and layer is None and part in ("conv0", "conv1"):
+        return f"blocks.{index}.conv{int(part[-1]) + 1}.{leaf}"
+    return None
+
+
 DESCRIPTOR = ModelDescriptor(
     id="sftgan",
     paper="Wang et al., Recovering Realistic Texture in Image Super-resolution by Deep Spatial Feature Transform, "
@@ -169,6 +230,7 @@ DESCRIPTOR = ModelDescriptor(
                              "8 class probabilities per output pixel: " + ", ".join(CLASSES),
                              load=lambda value, height, width: prior_from(value, height, width),
                              default=lambda image: estimate_prior(image)),),
+    recognise=recognise,
     small_config={"scale": 4, "channels": 8, "blocks": 2},
 )
 
