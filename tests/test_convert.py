@@ -146,11 +146,23 @@ def test_real_esrgan_runs_from_the_pth_and_from_its_name(tmp_path: Path) -> None
 
 # ----- layouts, scales and containers, on small random files in the documented layouts ------------------
 
-@pytest.mark.parametrize("layout", ["new", "old"])
-def test_both_key_layouts_give_the_independent_forward(tmp_path: Path, layout: str) -> None:
+def to_trunk_layout(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The same tensors under the ESRGAN repository's 2019 names (RRDB_trunk, trunk_conv, upconvN, HRconv)."""
+    renamed = {}
+    for key, tensor in state.items():
+        key = key.replace("conv_body.", "trunk_conv.").replace("conv_hr.", "HRconv.").replace("conv_up", "upconv")
+        if key.startswith("body."):
+            _, b, rdb, rest = key.split(".", 3)
+            key = f"RRDB_trunk.{b}.RDB{rdb[3:]}.{rest}"
+        renamed[key] = tensor
+    return renamed
+
+
+@pytest.mark.parametrize("layout", ["new", "old", "trunk"])
+def test_every_key_layout_gives_the_independent_forward(tmp_path: Path, layout: str) -> None:
     state = tiny_state()
     path = tmp_path / f"esrgan_{layout}.pth"
-    torch.save(state if layout == "new" else to_old_layout(state), path)
+    torch.save({"new": state, "old": to_old_layout(state), "trunk": to_trunk_layout(state)}[layout], path)
     out = tmp_path / "converted.safetensors"
     assert invoke("convert", path, "-o", out).exit_code == 0
     rgb = smooth_image(11, 9, 4).astype(np.float32) / 255
@@ -218,7 +230,10 @@ def test_partial_and_unknown_files_say_what_was_tried_and_what_does_not_fit(tmp_
     unknown = invoke("convert", path, "-o", tmp_path / "o.safetensors")
     assert unknown.exit_code == ExitCode.MODEL and "matches no known family (tried: " in unknown.output
     tried = unknown.output.split("tried: ")[1].split(";")[0].split(", ")
-    assert sorted(tried) == ["compact", "msrresnet", "rrdbnet", "srresnet"]
+    from upscale_cli.archs import architecture_ids, get_architecture
+
+    assert sorted(tried) == sorted(a for a in architecture_ids() if get_architecture(a).recognise is not None)
+    assert {"artflow", "compact", "dasr", "msrresnet", "rrdbnet", "sftgan", "srresnet"} <= set(tried)
 
 
 def test_model_pth_converts_once_and_caches_by_digest(tmp_path: Path) -> None:

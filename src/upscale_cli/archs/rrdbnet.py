@@ -14,8 +14,9 @@ Layer order (from the ESRGAN paper and BasicSR's documented architecture; writte
 * `conv_hr` 3x3 + LeakyReLU(0.2), `conv_last` 3x3 to RGB.
 
 Input and output are RGB in [0, 1]. The module's tensor names are BasicSR's (the "new" layout); the
-original ESRGAN release's names ("old" layout: `model.0`, `model.1.sub.N.RDB1.conv1.0`, ...) are mapped
-onto them by `recognise`, which also reads the sizes (F, G, B, the scale, the unshuffle) from the shapes.
+original ESRGAN release's names ("old" layout: `model.0`, `model.1.sub.N.RDB1.conv1.0`, ...) and
+the ESRGAN repository's later ones (`RRDB_trunk.N.RDB1.conv1`, `trunk_conv`, `upconv1`, `HRconv`) are
+mapped onto them by `recognise`, which also reads the sizes (F, G, B, the scale, the unshuffle) from the shapes.
 """
 
 from __future__ import annotations
@@ -108,6 +109,24 @@ class RRDBNet(nn.Module):
 
 _OLD_BODY = re.compile(r"^model\.1\.sub\.(\d+)\.RDB(\d)\.conv(\d)\.0\.(weight|bias)$")
 _NEW_BODY = re.compile(r"^body\.(\d+)\.rdb(\d)\.conv(\d)\.(weight|bias)$")
+_TRUNK_BODY = re.compile(r"^RRDB_trunk\.(\d+)\.RDB(\d)\.conv(\d)\.(weight|bias)$")
+_TRUNK_NAMES = {"trunk_conv": "conv_body", "HRconv": "conv_hr", **{f"upconv{i}": f"conv_up{i}" for i in range(1, 5)}}
+
+
+def _from_trunk_layout(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
+    """The ESRGAN repository's 2019 names (its `RRDB_ESRGAN_x4.pth`, SRFlow's `RRDB_*.pth` encoders) mapped
+    to BasicSR's: `RRDB_trunk.N.RDBj.convk`, `trunk_conv`, `upconv{i}`, `HRconv`."""
+    if "RRDB_trunk.0.RDB1.conv1.weight" not in tensors:
+        return None
+    mapped = {}
+    for key, tensor in tensors.items():
+        if m := _TRUNK_BODY.match(key):
+            key = f"body.{m[1]}.rdb{m[2]}.conv{m[3]}.{m[4]}"
+        else:
+            name, _, part = key.rpartition(".")
+            key = f"{_TRUNK_NAMES.get(name, name)}.{part}"
+        mapped[key] = tensor
+    return mapped
 
 
 def _from_old_layout(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
@@ -148,8 +167,9 @@ def _config_from(tensors: Mapping[str, torch.Tensor]) -> RRDBNetConfig:
 def recognise(tensors: Mapping[str, torch.Tensor]) -> Recognised | None:
     """An ESRGAN-family state dict in either layout as this architecture's config and tensors, or None
     when it is nothing like one."""
-    old = _from_old_layout(tensors)
-    layout, named = ("old ESRGAN keys", old) if old is not None else ("BasicSR keys", dict(tensors))
+    old, trunk = _from_old_layout(tensors), _from_trunk_layout(tensors)
+    layout, named = (("old ESRGAN keys", old) if old is not None else ("ESRGAN repository keys", trunk)
+                     if trunk is not None else ("BasicSR keys", dict(tensors)))
     if "conv_first.weight" not in named or "body.0.rdb1.conv1.weight" not in named:
         return None
     try:
