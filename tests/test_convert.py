@@ -792,3 +792,135 @@ def test_sftgan_segmentation_network_is_refused_with_its_reason(tmp_path: Path) 
     result = invoke("convert", path, "-o", tmp_path / "o.safetensors")
     assert result.exit_code == ExitCode.MODEL
     assert "segmentation network (OutdoorSceneSeg)" in result.output and "upscale has no network for it" in result.output
+
+
+# ----- SRFlow's official release (random values in the documented layout) ---------------------------------
+
+def srflow_official_state(blocks: int = 23, features: int = 8, growth: int = 4, steps: int = 1,
+                          hidden: int = 8) -> dict[str, torch.Tensor]:
+    """andreas128/SRFlow's x4 layout (official_checkpoints.md section 1): RRDB.* in the ESRGAN repository's
+    names, then flowUpsamplerNet.layers.{i} (3 levels of squeeze, 2 transition steps, `steps` conditional
+    steps; a split after level 1), plus the unused flowUpsamplerNet.f; random values."""
+    generator, state = torch.Generator().manual_seed(21), {}
+
+    def rand(*shape: int, std: float) -> torch.Tensor:
+        return torch.randn(*shape, generator=generator) * std
+
+    for name, tensor in to_trunk_layout(tiny_state(blocks=blocks, features=features, growth=growth, seed=4)).items():
+        state[f"RRDB.{name}"] = tensor
+    cond = 5 * features
+    index, channels = 0, 3
+    for level in range(3):
+        channels *= 4
+        index += 1  # the squeeze: no tensors
+        for kind in ["transition"] * 2 + ["step"] * steps:
+            key = f"flowUpsamplerNet.layers.{index}"
+            state[f"{key}.actnorm.bias"], state[f"{key}.actnorm.logs"] = rand(1, channels, 1, 1, std=0.1), rand(1, channels, 1, 1, std=0.1)
+            state[f"{key}.invconv.weight"] = torch.linalg.qr(rand(channels, channels, std=1.0))[0]
+            if kind == "step":
+                for net, inputs, outputs in (("fFeatures", cond, 2 * channels), ("fAffine", channels // 2 + cond, channels)):
+                    p = f"{key}.affine.{net}"
+                    state[f"{p}.0.weight"] = rand(hidden, inputs, 3, 3, std=0.05)
+                    state[f"{p}.0.actnorm.bias"], state[f"{p}.0.actnorm.logs"] = rand(1, hidden, 1, 1, std=0.1), rand(1, hidden, 1, 1, std=0.1)
+                    state[f"{p}.2.weight"] = rand(hidden, hidden, 1, 1, std=0.2)
+                    state[f"{p}.2.actnorm.bias"], state[f"{p}.2.actnorm.logs"] = rand(1, hidden, 1, 1, std=0.1), rand(1, hidden, 1, 1, std=0.1)
+                    state[f"{p}.4.weight"], state[f"{p}.4.bias"] = rand(outputs, hidden, 3, 3, std=0.05), rand(outputs, std=0.05)
+                    state[f"{p}.4.logs"] = rand(outputs, 1, 1, std=0.05)
+            index += 1
+        if level == 0:
+            key = f"flowUpsamplerNet.layers.{index}"
+            state[f"{key}.conv.weight"], state[f"{key}.conv.bias"] = rand(channels, channels // 2, 3, 3, std=0.05), rand(channels, std=0.05)
+            state[f"{key}.conv.logs"] = rand(channels, 1, 1, std=0.05)
+            index, channels = index + 1, channels // 2
+    state["flowUpsamplerNet.f.0.weight"], state["flowUpsamplerNet.f.0.bias"] = rand(96, cond, 3, 3, std=0.01), rand(96, std=0.01)
+    return state
+
+
+def reference_srflow_latents(state: dict[str, torch.Tensor], hr: torch.Tensor, lr: torch.Tensor) -> list[torch.Tensor]:
+    """The release's encode direction (HR -> [split eps, top z]) from the documented numerics."""
+    s = {k: v.double() for k, v in state.items()}
+    lrelu = lambda x: F.leaky_relu(x, 0.2)  # noqa: E731
+
+    def conv(name: str, x: torch.Tensor, padding: int = 1) -> torch.Tensor:
+        return F.conv2d(x, s[f"{name}.weight"], s.get(f"{name}.bias"), padding=padding)
+
+    blocks = len({k.split(".")[2] for k in s if k.startswith("RRDB.RRDB_trunk.")})
+    first = conv("RRDB.conv_first", lr.double())
+    x, stacked = first, []
+    for b in range(blocks):
+        block_in = x
+        for r in (1, 2, 3):
+            rdb_in, features = x, [x]
+            for c in range(1, 6):
+                out = conv(f"RRDB.RRDB_trunk.{b}.RDB{r}.conv{c}", torch.cat(features, 1))
+                features.append(lrelu(out) if c < 5 else out)
+            x = rdb_in + 0.2 * features[-1]
+        x = block_in + 0.2 * x
+        if b in (1, 8, 15, 22):
+            stacked.append(x)
+    last = first + conv("RRDB.trunk_conv", x)
+    stack = torch.cat(stacked, 1)
+    up2 = conv("RRDB.upconv1", F.interpolate(last, scale_factor=2, mode="nearest"))
+    conds = [torch.cat([up2, F.interpolate(stack, scale_factor=2, mode="nearest")], 1), torch.cat([last, stack], 1),
+             torch.cat([F.interpolate(last, scale_factor=0.5, mode="bilinear", align_corners=False),
+                        F.interpolate(stack, scale_factor=0.5, mode="nearest")], 1)]
+
+    def actnorm(name: str, z: torch.Tensor) -> torch.Tensor:
+        return (z + s[f"{name}.bias"]) * torch.exp(s[f"{name}.logs"])
+
+    def param_net(name: str, z: torch.Tensor) -> torch.Tensor:
+        h = F.relu(actnorm(f"{name}.0.actnorm", F.conv2d(z, s[f"{name}.0.weight"], padding=1)))
+        h = F.relu(actnorm(f"{name}.2.actnorm", F.conv2d(h, s[f"{name}.2.weight"])))
+        return conv(f"{name}.4", h) * torch.exp(3 * s[f"{name}.4.logs"])
+
+    def affine(z: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        return (z + h[:, 0::2]) * (torch.sigmoid(h[:, 1::2] + 2) + 1e-4)
+
+    z, latents, level = hr.double(), [], -1
+    for index in range(max(int(k.split(".")[2]) for k in s if k.startswith("flowUpsamplerNet.layers.")) + 1):
+        key = f"flowUpsamplerNet.layers.{index}"
+        if f"{key}.actnorm.bias" not in s and f"{key}.conv.weight" not in s:  # squeeze
+            batch, channels, height, width = z.shape
+            z = z.view(batch, channels, height // 2, 2, width // 2, 2).permute(0, 1, 3, 5, 2, 4)
+            z = z.reshape(batch, 4 * channels, height // 2, width // 2)
+            level += 1
+        elif f"{key}.conv.weight" in s:  # split: keep the first half, standardise the rest by the prior
+            keep = z.shape[1] // 2
+            h = conv(f"{key}.conv", z[:, :keep]) * torch.exp(3 * s[f"{key}.conv.logs"])
+            latents.append((z[:, keep:] - h[:, 0::2]) * torch.exp(-h[:, 1::2]))
+            z = z[:, :keep]
+        else:
+            z = F.conv2d(actnorm(f"{key}.actnorm", z), s[f"{key}.invconv.weight"][:, :, None, None])
+            if f"{key}.affine.fAffine.0.weight" in s:
+                z = affine(z, param_net(f"{key}.affine.fFeatures", conds[level]))
+                half = z.shape[1] // 2
+                z = torch.cat([z[:, :half], affine(z[:, half:], param_net(f"{key}.affine.fAffine", torch.cat([z[:, :half], conds[level]], 1)))], 1)
+    return latents + [z]
+
+
+def test_srflow_release_converts_and_gives_the_documented_latents(tmp_path: Path) -> None:
+    from upscale_cli.checkpoint import load_model, read_info
+
+    state = srflow_official_state()
+    path = tmp_path / "SRFlow_DF2K_4X.pth"
+    torch.save(state, path)
+    out = tmp_path / "srflow_official.safetensors"
+    result = invoke("convert", path, "-o", out)
+    assert result.exit_code == 0, result.output
+    info = read_info(out)
+    assert (info.arch, info.scale, info.config["encoder"], info.config["encoder_blocks"]) == ("srflow", 4, "rrdb", 23)
+    assert (info.config["levels"], info.config["steps"], info.config["transition_steps"]) == (3, 1, 2)
+    assert tuple(info.config["stack_blocks"]) == (1, 8, 15, 22)
+    unused = [k for k in state if k.startswith(("RRDB.HRconv.", "RRDB.conv_last.", "RRDB.upconv2.", "flowUpsamplerNet.f."))]
+    assert info.params == sum(v.numel() for k, v in state.items() if k not in unused)
+    model, _ = load_model(out)
+    generator = torch.Generator().manual_seed(2)
+    lr, hr = torch.rand(1, 3, 8, 12, generator=generator), torch.rand(1, 3, 32, 48, generator=generator)
+    with torch.no_grad():
+        latents, _ = model.eval().encode(hr, lr)
+        expected = reference_srflow_latents(state, hr, lr)
+        assert [tuple(z.shape) for z in latents] == [tuple(z.shape) for z in expected] == [(1, 6, 16, 24), (1, 96, 4, 6)]
+        for got, want in zip(latents, expected):
+            torch.testing.assert_close(got.double(), want, atol=1e-4 * float(want.abs().max()), rtol=1e-4)
+        sample = model.sample(lr, tau=0.7, generator=torch.Generator().manual_seed(0))
+    assert sample.shape == (1, 3, 32, 48) and torch.isfinite(sample).all()

@@ -4,10 +4,12 @@ Written from the paper and the implementation notes in `shared/research/model_sp
 (the official code is CC BY-NC-SA and was not copied).
 
 * Encoder (conditioning network): our SRResNet (`archs/srresnet.py`), so trained SRResNet weights
-  initialise it. Its 9x9 tail conv and any upsampling stage the flow does not read are removed.
+  initialise it, or (`encoder="rrdb"`) the paper's ESRGAN RRDBNet (`archs/rrdbnet.py`), which the
+  authors' released files use. Its tail convs and any upsampling stage the flow does not read are removed.
   Features: `last_lr_fea` = head + trunk_tail(trunk(head)) at LR; the outputs of the residual blocks
-  listed in `stack_blocks`, concatenated (4 x 64 = 256 channels); the pixel-shuffle outputs of the
-  upsampling stages (pre-activation: 2xLR, and 4xLR at x8); `fea_up0` = bilinear 1/2 of last_lr_fea.
+  listed in `stack_blocks`, concatenated (4 x 64 = 256 channels); the outputs of the upsampling stages
+  (pre-activation: 2xLR, and 4xLR at x8; RRDB: nearest x2 then conv); `fea_up0` = bilinear 1/2 of
+  last_lr_fea.
   The stack is resized with nearest-neighbour to each level's resolution and concatenated to that
   level's feature: every condition has (1 + len(stack_blocks)) * encoder_channels (= 320) channels.
   The encoder always runs in eval mode (BatchNorm uses its running statistics, also while it is
@@ -30,6 +32,13 @@ Written from the paper and the implementation notes in `shared/research/model_sp
   clamped to [0, 1].
 * `forward(lr)` is `sample(lr, tau=0)` so that generic code calling `model(lr)` gets the
   deterministic output; sampling at a temperature goes through `sample` or `SRFlowRunner`.
+* The authors' `SRFlow_DF2K_4X.pth`-style files (`official_checkpoints.md` section 1) are read by
+  `recognise`: the flat `flowUpsamplerNet.layers.{i}` list is walked into levels (a missing index is a
+  squeeze, `conv` a split, `affine` a conditional step, else a transition step), zero-conv log scales
+  are reshaped, ActNorms marked initialised (the release does not save the flag); the RRDB's tail convs,
+  its top upsampling conv and the unused `flowUpsamplerNet.f` never affect the output and are dropped.
+  The stacked block indices are not in the weights: the release's configs give (1, 8, 15, 22) at x4
+  and (1, 3, 5, 7) at x8.
 * A freshly built model cannot sample: its ActNorm layers are initialised from data on the first
   training batch (`initialize`). Loading trained weights restores the initialised state.
 """
@@ -37,14 +46,18 @@ Written from the paper and the implementation notes in `shared/research/model_sp
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import re
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from upscale_cli.archs.base import ModelDescriptor, RunOptions, Sampling, SizeRequirements
+from upscale_cli.archs.base import ModelDescriptor, Recognised, RunOptions, Sampling, SizeRequirements
+from upscale_cli.archs.rrdbnet import RRDBNet, RRDBNetConfig
+from upscale_cli.archs.rrdbnet import recognise as recognise_rrdbnet
 from upscale_cli.archs.srresnet import SRResNet, SRResNetConfig
 from upscale_cli.device import autocast
 from upscale_cli.flows import (
@@ -58,6 +71,7 @@ from upscale_cli.flows import (
 from upscale_cli.resize import imresize
 from upscale_cli.tiler import IMAGE, Inputs, Tiles, Window, pad_to_multiple
 
+RRDB_SLOPE = 0.2  # the RRDB encoder's LeakyReLU between its upsampling stages
 HR_NOISE_STD = 4.0 / (math.sqrt(3.0) * 255.0)  # dequantisation noise of spec 2.5 (on [0, 1] images)
 DEFAULT_TAU = 0.8  # the temperature the shipped weights are measured and gated at (the paper shows 0.9)
 SUPPORTED_SCALES = (4, 8)
@@ -77,6 +91,8 @@ class SRFlowConfig:
     encoder_norm: str = "batch"
     stack_blocks: tuple[int, ...] = (1, 5, 10, 15)
     transition_steps: int = 2
+    encoder: str = "srresnet"  # or "rrdb" (the paper's, and the authors' released files')
+    encoder_growth: int = 32  # rrdb: the dense blocks' growth channels
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "stack_blocks", tuple(int(i) for i in self.stack_blocks))
@@ -90,6 +106,8 @@ class SRFlowConfig:
                 raise ValueError(f"srflow {name} must be at least 1, not {getattr(self, name)}")
         if self.transition_steps < 0:
             raise ValueError(f"srflow transition_steps must not be negative, not {self.transition_steps}")
+        if self.encoder not in ("srresnet", "rrdb"):
+            raise ValueError(f"srflow encoder must be 'srresnet' or 'rrdb', not {self.encoder!r}")
         if self.encoder_norm not in ("batch", "none"):
             raise ValueError(f"srflow encoder_norm must be 'batch' or 'none', not {self.encoder_norm!r}")
         if not self.stack_blocks:
@@ -142,13 +160,10 @@ class SRFlow(nn.Module):
     def __init__(self, config: SRFlowConfig) -> None:
         super().__init__()
         self.config = config
-        encoder = SRResNet(SRResNetConfig(scale=config.scale, channels=config.encoder_channels,
-                                          blocks=config.encoder_blocks, norm=config.encoder_norm))
-        # Keep the upsampling stages up to the last one the flow reads (pre-activation: conv + shuffle).
+        # Keep the upsampling stages up to the last one the flow reads (pre-activation).
         self.up_stages = int(math.log2(config.scale)) - 1
-        encoder.upsample = nn.Sequential(*list(encoder.upsample)[: 3 * self.up_stages - 1])
-        del encoder.tail
-        self.encoder = encoder.eval()
+        self.encoder = (_rrdb_encoder(config, self.up_stages) if config.encoder == "rrdb"
+                        else _srresnet_encoder(config, self.up_stages)).eval()
         self.flow = build_flow(config)
         self._stack = set(config.stack_blocks)
 
@@ -189,24 +204,25 @@ class SRFlow(nn.Module):
         """
         if lr.shape[-2] % 2 or lr.shape[-1] % 2:
             raise ValueError(f"srflow needs an even LR size, got {tuple(lr.shape[-2:])} (pad it by reflection)")
+        rrdb = self.config.encoder == "rrdb"
         enc = self.encoder
-        head = enc.head(lr)
+        head = enc.conv_first(lr) if rrdb else enc.head(lr)
         h = head
         stacked = []
-        for index, block in enumerate(enc.trunk):
+        for index, block in enumerate(enc.body if rrdb else enc.trunk):
             h = block(h)
             if index in self._stack:
                 stacked.append(h)
-        last = head + enc.trunk_tail(h)
+        last = head + (enc.conv_body(h) if rrdb else enc.trunk_tail(h))
         by_factor: dict[float, torch.Tensor] = {1.0: last}
-        stages = list(enc.upsample)
         x, factor = last, 1.0
         for stage in range(self.up_stages):
-            up = stages[3 * stage + 1](stages[3 * stage](x))  # conv, pixel shuffle (pre-activation)
+            up = self._upsample_stage(x, stage)
             factor *= 2
             by_factor[factor] = up
+            x = up  # the next stage's input, after the activation
             if stage + 1 < self.up_stages:
-                x = stages[3 * stage + 2](up)  # PReLU before the next stage
+                x = F.leaky_relu(up, RRDB_SLOPE) if rrdb else enc.upsample[3 * stage + 2](up)
         by_factor[0.5] = F.interpolate(last, scale_factor=0.5, mode="bilinear", align_corners=False)
         stack = torch.cat(stacked, 1)
         conds = []
@@ -214,6 +230,14 @@ class SRFlow(nn.Module):
             factor = self.config.level_factor(level)
             conds.append(torch.cat([by_factor[factor], _nearest(stack, factor)], 1).float())
         return conds
+
+    def _upsample_stage(self, x: torch.Tensor, stage: int) -> torch.Tensor:
+        """Upsampling stage `stage` (0-based) of the encoder, before its activation."""
+        if self.config.encoder == "rrdb":
+            conv = getattr(self.encoder, f"conv_up{stage + 1}")
+            return conv(F.interpolate(x, scale_factor=2, mode="nearest"))
+        stages = self.encoder.upsample
+        return stages[3 * stage + 1](stages[3 * stage](x))  # conv, pixel shuffle
 
     # ----- density -----------------------------------------------------------------------------
     def encode(self, hr: torch.Tensor, lr: torch.Tensor | None = None,
@@ -305,6 +329,23 @@ class SRFlow(nn.Module):
     def forward(self, lr: torch.Tensor) -> torch.Tensor:
         """The deterministic tau = 0 output (`sample(lr, tau=0)`), for code that treats models as functions."""
         return self.sample(lr, tau=0.0)
+
+
+def _srresnet_encoder(config: SRFlowConfig, up_stages: int) -> SRResNet:
+    encoder = SRResNet(SRResNetConfig(scale=config.scale, channels=config.encoder_channels,
+                                      blocks=config.encoder_blocks, norm=config.encoder_norm))
+    encoder.upsample = nn.Sequential(*list(encoder.upsample)[: 3 * up_stages - 1])
+    del encoder.tail
+    return encoder
+
+
+def _rrdb_encoder(config: SRFlowConfig, up_stages: int) -> RRDBNet:
+    encoder = RRDBNet(RRDBNetConfig(scale=config.scale, features=config.encoder_channels,
+                                    blocks=config.encoder_blocks, growth=config.encoder_growth))
+    for stage in range(up_stages + 1, int(math.log2(config.scale)) + 1):
+        delattr(encoder, f"conv_up{stage}")
+    del encoder.conv_hr, encoder.conv_last
+    return encoder
 
 
 def _nearest(x: torch.Tensor, factor: float) -> torch.Tensor:
@@ -413,6 +454,8 @@ def receptive_radius(config: SRFlowConfig) -> int:
         cond_radius = max(cond_radius, lr_radius)
         if config.has_split(level):
             radius += 1
+    if config.encoder == "rrdb":  # conv_first, 15 convs per RRDB, conv_body
+        return cond_radius + 1 + 15 * config.encoder_blocks + 1
     return cond_radius + 4 + 2 * config.encoder_blocks + 1
 
 
@@ -427,6 +470,97 @@ def bytes_per_lr_pixel(config: SRFlowConfig) -> int:
     encoder = (len(config.stack_blocks) + 3) * config.encoder_channels * (1 + fine / 4)
     param_net = (config.cond_channels + 6 + 4 * config.hidden + 48) * fine
     return int(2 * 4 * (conds + encoder + param_net))
+
+
+OFFICIAL_STACKS = {4: (1, 8, 15, 22), 8: (1, 3, 5, 7)}  # the release's configs: not recoverable from weights
+_OFFICIAL_LAYER = re.compile(r"^flowUpsamplerNet\.layers\.(\d+)\.(.+)$")
+_OFFICIAL_DROPPED = ("flowUpsamplerNet.f.",)  # built by the release's constructor, never called
+_PARAM_NET = {"0.weight": "conv1.weight", "0.actnorm.bias": "norm1.bias", "0.actnorm.logs": "norm1.logs",
+              "2.weight": "conv2.weight", "2.actnorm.bias": "norm2.bias", "2.actnorm.logs": "norm2.logs",
+              "4.weight": "out.conv.weight", "4.bias": "out.conv.bias", "4.logs": "out.logs"}
+
+
+def recognise(tensors: Mapping[str, torch.Tensor]) -> Recognised | None:
+    """The authors' SRFlow release (RRDB encoder + flow) under our names, or None (module docstring)."""
+    if "RRDB.conv_first.weight" not in tensors or not any(k.startswith("flowUpsamplerNet.layers.") for k in tensors):
+        return None
+    family = "SRFlow official release (andreas128/SRFlow)"
+    scale = 8 if "RRDB.upconv3.weight" in tensors else 4
+    encoder = recognise_rrdbnet({k[5:]: v for k, v in tensors.items() if k.startswith("RRDB.")})
+    if encoder is None or encoder.problems:
+        problems = [f"its RRDB encoder is not an ESRGAN RRDBNet{': ' + '; '.join(encoder.problems) if encoder else ''}"]
+    else:
+        problems = []
+    unused = ("conv_hr.", "conv_last.", f"conv_up{int(math.log2(scale))}.")  # the SR tail the flow never reads
+    named = {f"encoder.{k}": v for k, v in (encoder.tensors if encoder else {}).items() if not k.startswith(unused)}
+    flow, flow_problems, levels, steps, transitions = _official_flow(tensors)
+    named.update(flow)
+    problems += flow_problems
+    leftover = [k for k in tensors if not k.startswith(("RRDB.", "flowUpsamplerNet.layers.", *_OFFICIAL_DROPPED))]
+    problems += [f"unexpected tensors: {', '.join(leftover[:4])}"] if leftover else []
+    try:
+        blocks = encoder.config["blocks"] if encoder else 0
+        config = SRFlowConfig(scale=scale, levels=levels, steps=steps, transition_steps=transitions,
+                              hidden=tensors["flowUpsamplerNet.layers.3.affine.fAffine.0.weight"].shape[0],
+                              encoder="rrdb", encoder_channels=tensors["RRDB.conv_first.weight"].shape[0],
+                              encoder_blocks=blocks, encoder_growth=encoder.config["growth"] if encoder else 32,
+                              stack_blocks=OFFICIAL_STACKS[scale] if blocks > max(OFFICIAL_STACKS[scale]) else ())
+    except (KeyError, ValueError) as exc:
+        return Recognised(family, {}, named, problems=problems + [f"not the release's configuration: {exc}"])
+    return Recognised(family, asdict(config), named, problems)
+
+
+def _official_flow(tensors: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str], int, int, int]:
+    """The flat `flowUpsamplerNet.layers.{i}` list as our levels: (tensors, problems, levels, steps per level,
+    transition steps per level). A missing index is a squeeze (a new level), `conv` a split."""
+    by_index: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if m := _OFFICIAL_LAYER.match(key):
+            by_index.setdefault(int(m[1]), {})[m[2]] = value
+    named, problems, level, counts = {}, [], -1, []
+    for index in range(max(by_index, default=-1) + 1):
+        layer = by_index.get(index)
+        if layer is None:  # a squeeze starts the next level
+            level, counts = level + 1, counts + [[0, 0]]
+            continue
+        prefix = f"flow.levels.{level}"
+        if "conv.weight" in layer:
+            named.update({f"{prefix}.split.prior.conv.weight": layer.pop("conv.weight"),
+                          f"{prefix}.split.prior.conv.bias": layer.pop("conv.bias", None),
+                          f"{prefix}.split.prior.logs": _logs(layer.pop("conv.logs", None))})
+        elif any(k.startswith("affine.") for k in layer):
+            ours = f"{prefix}.steps.layers.{counts[level][1]}"
+            counts[level][1] += 1
+            named.update(_actnorm(f"{ours}.actnorm", layer.pop("actnorm.bias", None), layer.pop("actnorm.logs", None)))
+            named[f"{ours}.conv.weight"] = layer.pop("invconv.weight", None)
+            for theirs, net in (("fFeatures", "injector"), ("fAffine", "coupling")):
+                for leaf, our_leaf in _PARAM_NET.items():
+                    value = layer.pop(f"affine.{theirs}.{leaf}", None)
+                    named[f"{ours}.{net}.net.{our_leaf}"] = _logs(value) if leaf == "4.logs" else value
+                for norm in ("norm1", "norm2"):
+                    named[f"{ours}.{net}.net.{norm}.initialized"] = torch.tensor(True)
+        else:
+            ours = f"{prefix}.transitions.layers.{counts[level][0]}.layers"
+            counts[level][0] += 1
+            named.update(_actnorm(f"{ours}.0", layer.pop("actnorm.bias", None), layer.pop("actnorm.logs", None)))
+            named[f"{ours}.1.weight"] = layer.pop("invconv.weight", None)
+        problems += [f"unexpected tensors in flowUpsamplerNet.layers.{index}: {', '.join(sorted(layer)[:3])}"] if layer else []
+    missing = sorted(k for k, v in named.items() if v is None)
+    problems += [f"missing tensors for {', '.join(missing[:4])}"] if missing else []
+    if not counts or len({tuple(c) for c in counts}) != 1:
+        problems.append(f"levels of different lengths (transition, conditional steps): {counts}")
+    transitions, steps = counts[0] if counts else (0, 0)
+    return {k: v for k, v in named.items() if v is not None}, problems, len(counts), steps, transitions
+
+
+def _actnorm(name: str, bias: torch.Tensor | None, logs: torch.Tensor | None) -> dict[str, torch.Tensor | None]:
+    """An ActNorm's tensors; the release trained it, but keeps the flag as a plain attribute, not saved."""
+    return {f"{name}.bias": bias, f"{name}.logs": logs, f"{name}.initialized": torch.tensor(True)}
+
+
+def _logs(value: torch.Tensor | None) -> torch.Tensor | None:
+    """A zero-conv's log scale, [C, 1, 1] in the release, as our [1, C, 1, 1]."""
+    return None if value is None else value.reshape(1, -1, 1, 1)
 
 
 def make_runner(model: SRFlow, device: torch.device, precision: str, options: RunOptions) -> SRFlowRunner:
@@ -459,6 +593,7 @@ DESCRIPTOR = ModelDescriptor(
     fp16=False,
     tile_overlap=32,  # "generous": one noise field is shared, so the rest of the radius barely matters
     make_runner=make_runner,
+    recognise=recognise,
     initialize=initialize_from_lr,
     likelihood=image_nll_bits_per_dim,
     small_config={"scale": 4, "levels": 3, "steps": 1, "hidden": 8, "encoder_channels": 8, "encoder_blocks": 2,
