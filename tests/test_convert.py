@@ -119,8 +119,14 @@ def test_real_esrgan_converts_with_full_metadata_and_matches_an_independent_forw
     assert (info.arch, info.scale, info.params) == ("rrdbnet", 4, 16_697_987)
     assert {k: info.config[k] for k in ("features", "blocks", "growth", "unshuffle")} == \
         {"features": 64, "blocks": 23, "growth": 32, "unshuffle": 1}
+    measured = info.source.pop("receptive_radius_measured")
     assert info.source == {"file": "RealESRGAN_x4plus.pth", "sha256": REAL_ESRGAN_SHA256,
                            "family": "ESRGAN RRDBNet (BasicSR keys)", "licence": ""}
+    # 1 + 15 x 23 + 1 LR convs, then the upsampling and HR convs (under 1 LR px more); the tiler's bound is above
+    from upscale_cli.archs import get_architecture
+
+    declared = get_architecture("rrdbnet").receptive_radius(get_architecture("rrdbnet").make_config(info.config))
+    assert 347 <= measured <= declared
     rgb = smooth_image(20, 24, 9).astype(np.float32) / 255
     ours = run_converted(out, rgb)
     state = torch.load(REAL_ESRGAN, map_location="cpu", weights_only=True)["params_ema"]
@@ -924,3 +930,27 @@ def test_srflow_release_converts_and_gives_the_documented_latents(tmp_path: Path
             torch.testing.assert_close(got.double(), want, atol=1e-4 * float(want.abs().max()), rtol=1e-4)
         sample = model.sample(lr, tau=0.7, generator=torch.Generator().manual_seed(0))
     assert sample.shape == (1, 3, 32, 48) and torch.isfinite(sample).all()
+
+
+# ----- the receptive radius measured at conversion -------------------------------------------------------
+
+def test_the_measured_radius_of_a_compact_model_counts_its_convolutions(tmp_path: Path) -> None:
+    """Compact runs all of its convs + 2 3x3 convolutions at LR size: one changed pixel reaches that far."""
+    from upscale_cli.checkpoint import read_info
+
+    path = tmp_path / "compact.pth"
+    torch.save({"params": compact_state(convs=3)}, path)
+    out = tmp_path / "compact.safetensors"
+    assert invoke("convert", path, "-o", out).exit_code == 0
+    assert read_info(out).source["receptive_radius_measured"] == 3 + 2
+
+
+def test_a_model_reaching_beyond_its_declared_radius_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import upscale_cli.convert
+
+    monkeypatch.setattr(upscale_cli.convert, "measure_receptive_radius", lambda *args, **kwargs: 10_000)
+    path = tmp_path / "compact.pth"
+    torch.save({"params": compact_state()}, path)
+    result = invoke("convert", path, "-o", tmp_path / "o.safetensors")
+    assert result.exit_code == ExitCode.MODEL and "tiles would show seams" in result.output
+    assert not (tmp_path / "o.safetensors").exists()

@@ -140,7 +140,41 @@ def convert(path: Path) -> tuple[CheckpointInfo, dict[str, torch.Tensor]]:
         params=sum(v.numel() for v in found.tensors.values() if v.dtype.is_floating_point),
         source={"file": path.name, "sha256": sha256_of(path), "family": found.family, "licence": ""})
     stored = {k: (v.float() if v.dtype == torch.float64 else v).contiguous() for k, v in found.tensors.items()}
+    if descriptor.make_runner is None and not descriptor.extra_inputs and descriptor.sampling is None:
+        config = _config(arch_id, found)
+        declared = descriptor.receptive_radius(config)
+        measured = measure_receptive_radius(_loaded(info, stored), info.scale, declared, descriptor.size_for(config).multiple)
+        if measured > declared:
+            raise CheckpointError(f"{path}: its output reaches {measured} px from a changed input pixel, beyond the "
+                                  f"{declared} px the {arch_id} architecture declares: tiles would show seams")
+        info.source["receptive_radius_measured"] = measured
     return info, stored
+
+
+def _loaded(info: CheckpointInfo, tensors: dict[str, torch.Tensor]) -> torch.nn.Module:
+    model = build_model(info)
+    model.load_state_dict(tensors)
+    return model.eval()
+
+
+@torch.no_grad()
+def measure_receptive_radius(model: torch.nn.Module, scale: int, bound: int, multiple: int = 1) -> int:
+    """How many LR px away one changed input pixel still changes the output: a column 8 px wide and tall
+    enough for `bound` on both sides, run twice, its centre pixel raised by 1 the second time (fp32; a
+    strip narrower than 8 px, or one row high, shows less: fewer paths, and oneDNN is slow on it). A
+    plain network, whose output depends only on a neighbourhood, is measured; the tiler's overlap must
+    cover what this finds."""
+    height = -(-(2 * bound + 9) // multiple) * multiple
+    width = -(-8 // multiple) * multiple
+    centre = height // 2
+    image = torch.rand(1, 3, height, width, generator=torch.Generator().manual_seed(0))
+    changed = image.clone()
+    changed[0, :, centre, width // 2] += 1.0
+    difference = (model(changed) - model(image)).abs().sum(dim=(0, 1, 3))
+    rows = torch.nonzero(difference > 0).flatten()
+    if rows.numel() == 0:
+        return 0
+    return int(max(abs(int(rows.min()) // scale - centre), abs(int(rows.max()) // scale - centre)))
 
 
 def _model_name(path: Path) -> str:
