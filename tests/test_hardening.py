@@ -509,10 +509,11 @@ def test_the_resize_cache_stays_within_its_byte_budget(monkeypatch: pytest.Monke
 FUZZ_FINDINGS = Path(__file__).parent / "data" / "fuzz"
 
 
-@pytest.mark.parametrize("name", ["tiff_frame_without_dimensions.tif"])
+@pytest.mark.parametrize("name", ["tiff_frame_without_dimensions.tif", "jpeg_empty_scan_header.jpg"])
 def test_fuzz_findings_are_refused_as_corrupt(name: str) -> None:
     """Each input once escaped the decoder as another exception (the TIFF: a TypeError from Pillow's frame
-    count, which walks every frame's header)."""
+    count, which walks every frame's header; the JPEG: an IndexError from our progressive-scan walk on a
+    segment whose length field is below 2)."""
     from upscale_cli.errors import ImageReadError
     from upscale_cli.image_io import read_image
 

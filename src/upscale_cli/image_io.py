@@ -372,10 +372,12 @@ def _unrefined_components(data: bytes) -> list[int]:
             break
         length = int.from_bytes(data[position + 2 : position + 4], "big")
         segment = data[position + 4 : position + 2 + length]
-        if marker == 0xC2 or marker == 0xC6 or marker == 0xCA or marker == 0xCE:  # progressive frames
+        if length < 2:
+            return []  # a broken segment: the decoder judges the file
+        if marker in (0xC2, 0xC6, 0xCA, 0xCE) and len(segment) >= 6:  # progressive frames
             progressive = True
             complete = {segment[6 + 3 * i]: set() for i in range(segment[5]) if 6 + 3 * i < len(segment)}
-        if marker == 0xDA and len(segment) >= 1 + 2 * segment[0] + 3:
+        if marker == 0xDA and segment and len(segment) >= 1 + 2 * segment[0] + 3:
             count = segment[0]
             start, end, approximation = segment[1 + 2 * count], segment[2 + 2 * count], segment[3 + 2 * count]
             if approximation & 0x0F == 0:
