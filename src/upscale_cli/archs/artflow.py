@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from upscale_cli.archs.base import (IMAGE_TO_IMAGE, WHOLE, ExtraInput, ModelDescriptor, Recognised, RunOptions,
-                                   SizeRequirements)
+                                   SizeRequirements, unexpected_tensors)
 from upscale_cli.archs.catalog import TRANSFER_METHODS
 from upscale_cli.flows import (ActNorm, AdditiveCoupling, FlowLevel, FlowSequence, LUInvertibleConv1x1, MultiScaleFlow,
                                ZeroConv2d)
@@ -276,7 +276,7 @@ def recognise(tensors: Mapping[str, torch.Tensor]) -> Recognised | None:
             continue
         index, ours = _OFFICIAL_LEAVES[layer, leaf]
         named[f"pfn.levels.{block}.steps.layers.{flow}.layers.{index}.{ours}"] = _converted(key, leaf, value, problems)
-    problems += [f"unexpected tensors: {', '.join(unknown[:4])}"] if unknown else []
+    problems += unexpected_tensors(unknown)
     blocks = len({key.split(".")[1] for key in tensors if key.startswith("blocks.")})
     flows = len({key.split(".")[3] for key in tensors if key.startswith("blocks.0.flows.")})
     hidden = tensors.get("blocks.0.flows.0.coupling.net.0.weight", torch.empty(0)).shape[:1]

@@ -103,6 +103,11 @@ class Recognised:
     problems: list[str] = field(default_factory=list)
 
 
+def unexpected_tensors(names: list[str]) -> list[str]:
+    """The problem a recogniser reports for tensors its layout has no place for (none: no problem)."""
+    return [f"unexpected tensors: {', '.join(names[:4])}"] if names else []
+
+
 @dataclass(frozen=True)
 class RunOptions:
     """What one run of a model may be given besides the image: the sample's seed and temperature (stochastic

@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from upscale_cli.archs.base import ModelDescriptor, Recognised, RunOptions
+from upscale_cli.archs.base import ModelDescriptor, Recognised, unexpected_tensors, RunOptions
 from upscale_cli.archs.runners import NetworkRunner
 from upscale_cli.tiler import IMAGE, Inputs, Tiles, Window
 
@@ -305,7 +305,7 @@ def recognise(tensors: Mapping[str, torch.Tensor]) -> Recognised | None:
             unknown.append(key)
         elif ours is not None:
             named[ours] = value
-    problems = [f"unexpected tensors: {', '.join(unknown[:4])}"] if unknown else []
+    problems = unexpected_tensors(unknown)
     problems += _mean_shift_problems(tensors)
     try:
         channels = tensors["G.head.0.weight"].shape[0]

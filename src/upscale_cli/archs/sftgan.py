@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from upscale_cli.archs.base import AT_OUTPUT, ExtraInput, ModelDescriptor, Recognised
+from upscale_cli.archs.base import AT_OUTPUT, ExtraInput, ModelDescriptor, Recognised, unexpected_tensors
 
 CLASSES = ("background", "sky", "water", "grass", "mountain", "building", "plant", "animal")
 CONDITION_CHANNELS = 32
@@ -187,7 +187,7 @@ def recognise(tensors: Mapping[str, torch.Tensor]) -> Recognised | None:
             unknown.append(key)
         else:
             named[ours] = value
-    problems = [f"unexpected tensors: {', '.join(unknown[:4])}"] if unknown else []
+    problems = unexpected_tensors(unknown)
     config = SFTGANConfig(channels=tensors["conv0.weight"].shape[0], blocks=max(blocks, 0), variant=variant)
     return Recognised(family, asdict(config), named, problems)
 

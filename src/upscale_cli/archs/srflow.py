@@ -55,7 +55,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from upscale_cli.archs.base import ModelDescriptor, Recognised, RunOptions, Sampling, SizeRequirements
+from upscale_cli.archs.base import ModelDescriptor, Recognised, unexpected_tensors, RunOptions, Sampling, SizeRequirements
 from upscale_cli.archs.rrdbnet import RRDBNet, RRDBNetConfig
 from upscale_cli.archs.rrdbnet import recognise as recognise_rrdbnet
 from upscale_cli.archs.srresnet import SRResNet, SRResNetConfig
@@ -497,7 +497,7 @@ def recognise(tensors: Mapping[str, torch.Tensor]) -> Recognised | None:
     named.update(flow)
     problems += flow_problems
     leftover = [k for k in tensors if not k.startswith(("RRDB.", "flowUpsamplerNet.layers.", *_OFFICIAL_DROPPED))]
-    problems += [f"unexpected tensors: {', '.join(leftover[:4])}"] if leftover else []
+    problems += unexpected_tensors(leftover)
     try:
         blocks = encoder.config["blocks"] if encoder else 0
         config = SRFlowConfig(scale=scale, levels=levels, steps=steps, transition_steps=transitions,

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from upscale_cli.archs.base import ModelDescriptor, Recognised
+from upscale_cli.archs.base import ModelDescriptor, Recognised, unexpected_tensors
 
 
 @dataclass(frozen=True)
@@ -118,7 +118,7 @@ def recognise(tensors: Mapping[str, torch.Tensor]) -> Recognised | None:
                             trunk_tail="norm" if with_bn_tail else "prelu", output="tanh")
     for key in [k for k in named if k.endswith("running_mean")]:
         named.setdefault(key.replace("running_mean", "num_batches_tracked"), torch.tensor(0, dtype=torch.int64))
-    problems = [f"unexpected tensors: {', '.join(unknown[:4])}"] if unknown else []
+    problems = unexpected_tensors(unknown)
     return Recognised(family, asdict(config), named, problems)
 
 
