@@ -351,19 +351,23 @@ def test_an_output_too_large_for_free_memory_fails_alone_before_running(tmp_path
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     from upscale_cli import engine
 
-    monkeypatch.setattr(engine, "available_memory", lambda device: 5 * 2**20)  # 5 MiB free
+    monkeypatch.setattr(engine, "available_memory", lambda device: 2 * 2**20)  # 2 MiB free
     folder = tmp_path / "in"
     folder.mkdir()
-    Image.fromarray(smooth_image(20, 24, 1)).save(folder / "small.png")  # 96 x 80 out: 3 x 0.09 MiB
-    Image.fromarray(smooth_image(100, 120, 2)).save(folder / "large.png")  # 480 x 400 out: 3 x 2.2 MiB
+    Image.fromarray(smooth_image(20, 24, 1)).save(folder / "small.png")  # 96 x 80 out, streamed: 16 x 7.5 KiB
+    Image.fromarray(smooth_image(100, 120, 2)).save(folder / "large.png")  # 480 x 400 out, streamed: 16 x 188 KiB
     result = invoke(folder, "-m", tiny_checkpoint, "--tile", "none", "-o", tmp_path / "out")
     assert result.exit_code == 1
-    assert "large_x4.png: a 480 x 400 output needs about 6.6 MiB of memory and 5.0 MiB is free" in result.stderr
+    assert "large_x4.png: a 480 x 400 output needs about 2.9 MiB of memory and 2.0 MiB is free" in result.stderr
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["small_x4.png"]
     # x8 from an x4 model runs it twice: the 16x intermediate is what must fit
     upscaler = engine.load_upscaler(str(tiny_checkpoint))
-    assert upscaler.memory_problem(20, 24, 160, 192) is None  # 320 x 384 intermediate: 3 x 1.4 MiB
-    assert upscaler.memory_problem(40, 40, 320, 320) is not None  # 640 x 640 intermediate: 3 x 4.7 MiB
+    assert upscaler.memory_problem(10, 12, 80, 96) is None  # 160 x 192 intermediate: 3 x 0.35 MiB
+    assert upscaler.memory_problem(20, 24, 160, 192) is not None  # 320 x 384 intermediate: 3 x 1.4 MiB
+    # a streamed output needs its planes and a band, not three float copies
+    assert upscaler.memory_problem(60, 64, 240, 256, converted=True) is None  # 16 x 60 KiB
+    assert upscaler.memory_problem(60, 64, 240, 256) is not None  # 3 x 0.7 MiB
+    assert upscaler.memory_problem(60, 64, 120, 128, converted=True) is not None  # a resize: not streamed
 
 
 def test_dry_run_writes_nothing(photo: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
@@ -452,6 +456,63 @@ def test_batch_goes_on_past_bad_files_and_reports_them(tmp_path: Path, tiny_chec
     assert "2 of 4 input(s) failed" in result.stderr
     assert "b.png: empty file" in result.stderr and "c.png" in result.stderr
     assert "Traceback" not in result.output
+
+
+def _tree_of_images(root: Path, count: int) -> None:
+    for index in range(count):
+        folder = root / ("sub" if index % 3 else "") / ("deeper" if index % 5 == 0 else "")
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(smooth_image(6, 6, index)).save(folder / f"img{index:02d}.png")
+
+
+def _outputs(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*.png"))
+
+
+def test_shards_together_are_the_whole_batch_each_file_once(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    _tree_of_images(Path("in"), 24)
+    assert invoke("in", "-r", "-m", "bicubic", "-o", "whole", "-q").exit_code == 0
+    shares = []
+    for index in (1, 2, 3):
+        result = invoke("in", "-r", "-m", "bicubic", "-o", f"shard{index}", "-q", "--shard", f"{index}/3")
+        assert result.exit_code == 0, result.output
+        shares.append(_outputs(Path(f"shard{index}")))
+    assert sorted(sum(shares, [])) == _outputs(Path("whole"))  # each file in exactly one shard
+    assert all(shares), "a hash split of 24 files left a shard empty"
+    for index, share in enumerate(shares, 1):  # and each shard's result is the whole run's
+        for name in share:
+            assert np.array_equal(pixels(Path(f"shard{index}") / name), pixels(Path("whole") / name))
+
+
+def test_a_shard_keeps_its_files_when_outputs_appear_beside_the_sources(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    _tree_of_images(Path("in"), 12)
+    listed = invoke("in", "-r", "-m", "bicubic", "--dry-run", "--json", "--shard", "2/4")
+    before = [json.loads(line)["input"] for line in listed.stdout.splitlines()[:-1]]
+    assert invoke("in", "-r", "-m", "bicubic", "-q", "--shard", "1/4").exit_code == 0  # writes beside the sources
+    again = invoke("in", "-r", "-m", "bicubic", "--dry-run", "--json", "--shard", "2/4")
+    after = [json.loads(line)["input"] for line in again.stdout.splitlines()[:-1]]
+    assert before and set(before) <= set(after)
+    assert all("_x4" in name for name in set(after) - set(before))
+
+
+def test_shards_with_skip_existing_resume_exactly(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    _tree_of_images(Path("in"), 10)
+    first = invoke("in", "-r", "-m", "bicubic", "-o", "out", "--json", "--shard", "1/2")
+    again = invoke("in", "-r", "-m", "bicubic", "-o", "out", "--json", "--shard", "1/2", "--skip-existing")
+    second = invoke("in", "-r", "-m", "bicubic", "-o", "out", "--json", "--shard", "2/2", "--skip-existing")
+    summary = [json.loads(result.stdout.splitlines()[-1])["summary"] for result in (first, again, second)]
+    assert summary[1]["skipped"] == summary[0]["ok"] and not summary[1].get("ok")
+    assert summary[0]["ok"] + summary[2]["ok"] == 10 and not summary[2].get("skipped")
+    assert len(_outputs(Path("out"))) == 10
+
+
+@pytest.mark.parametrize("value", ["0/3", "4/3", "3", "a/b", "1/0", "-1/2"])
+def test_bad_shards_are_usage_errors(photo: Path, value: str) -> None:
+    result = CliRunner().invoke(cli, [str(photo), "-m", "bicubic", "--shard", value])
+    assert result.exit_code == 2 and "K/N" in result.output
 
 
 def test_recursive_mirrors_the_tree(tmp_path: Path, tiny_checkpoint: Path) -> None:

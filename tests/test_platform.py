@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -458,6 +459,29 @@ def test_tiled_equals_untiled_at_the_receptive_radius(arch_id: str, tmp_path: Pa
     whole = upscaler.upscale(rgb, *out_size, "none", options=options)
     tiled = upscaler.upscale(rgb, *out_size, str(tile), options=options)
     np.testing.assert_allclose(tiled, whole, atol=2e-5, rtol=0)
+
+
+@pytest.mark.parametrize("arch_id", ALL_ARCHITECTURES)
+def test_a_streamed_output_equals_the_whole_float_output_converted(arch_id: str, tmp_path: Path) -> None:
+    """With `convert`, rows are quantised as the tiles finish them (#26): the same pixels as quantising the
+    float output, for grey and 16-bit planes too."""
+    from upscale_cli.image_io import colour_planes
+
+    descriptor, _ = small_model(arch_id)
+    upscaler = load_upscaler(str(save_small(arch_id, tmp_path)), device="cpu", precision="fp32")
+    align = descriptor.size.multiple
+    tile = -(-(upscaler.overlap + 8) // align) * align
+    height, width = 2 * tile + 5, tile + 7
+    rgb = random_rgb(height, width, seed=4)
+    options = options_for(descriptor, height, width)
+    out_size = (width * upscaler.scale, height * upscaler.scale)
+    assert upscaler.streams(width, height, *out_size)
+    whole = upscaler.upscale(rgb, *out_size, str(tile), options=options)
+    for grayscale, depth in ((False, 8), (True, 16)):
+        convert = partial(colour_planes, grayscale=grayscale, depth=depth)
+        streamed = upscaler.upscale(rgb, *out_size, str(tile), options=options, convert=convert)
+        assert streamed.dtype == (np.uint16 if depth == 16 else np.uint8)
+        np.testing.assert_array_equal(streamed, convert(whole))
 
 
 @pytest.mark.parametrize("arch_id", ALL_ARCHITECTURES)

@@ -206,6 +206,38 @@ def test_tiled_equals_untiled(scale: int, size: tuple[int, int], tile: int, over
     assert max_error(tiled, runner.untiled(image)) < 1e-4
 
 
+@pytest.mark.parametrize(
+    ("scale", "size", "spec"),
+    [
+        (2, (45, 70), TileSpec(tile=20, overlap=8)),
+        (4, (51, 40), TileSpec(tile=17, overlap=5, batch=2)),
+        (2, (37, 29), TileSpec(tile=16, overlap=4, align=4, minimum=40)),  # padded, then cropped
+        (2, (20, 17), TileSpec(tile=None, overlap=RADIUS)),  # one band: the whole image
+    ],
+)
+def test_bands_handed_to_a_sink_are_the_output_row_by_row(scale: int, size: tuple[int, int], spec: TileSpec) -> None:
+    runner = NetRunner(scale)
+    image = random_image(*size)
+    whole = upscale_tiled(runner, image, spec)
+    bands: list[torch.Tensor] = []
+    assert upscale_tiled(runner, image, spec, sink=bands.append) is None
+    assert torch.equal(torch.cat(bands, dim=-2), whole)  # the same values, not merely close ones
+    tile_rows = len(tile_spans(size[0], spec.tile or size[0], spec.overlap, spec.align))
+    assert len(bands) <= tile_rows and (len(bands) > 1) == (tile_rows > 1)
+    assert max(band.shape[-2] for band in bands) <= (spec.tile or size[0]) * scale  # never the whole output at once
+
+
+def test_bands_stay_exact_when_tiles_shrink_after_out_of_memory() -> None:
+    image, spec = random_image(64, 70), TileSpec(tile=32, overlap=RADIUS, min_tile=8)
+    whole = upscale_tiled(OomRunner(limit=25 * 25), image, spec)
+    bands: list[torch.Tensor] = []
+    runner = OomRunner(limit=25 * 25)
+    upscale_tiled(runner, image, spec, sink=bands.append)
+    assert runner.failures > 0 and len(bands) > 1
+    assert torch.equal(torch.cat(bands, dim=-2), whole)
+    assert max_error(whole, runner.untiled(image)) < 1e-4
+
+
 def test_overlap_below_radius_shows_seams() -> None:
     runner = NetRunner()
     image = random_image(40, 40)
@@ -284,7 +316,7 @@ def test_oom_halves_repeatedly() -> None:
 
 def test_oom_in_batch_retries_tiles_one_by_one() -> None:
     image = random_image(48, 48)
-    runner = OomRunner(limit=30 * 30)  # one 16+2*3 px window fits, two do not
+    runner = OomRunner(limit=25 * 25)  # one window (at most 21 x 21 px) fits, two do not
     warnings: list[str] = []
     tiled = upscale_tiled(runner, image, TileSpec(tile=16, overlap=RADIUS, batch=4), warn=warnings.append)
     assert max_error(tiled, runner.untiled(image)) < 1e-4

@@ -130,17 +130,22 @@ class Upscaler:
         factor = max(out_width / width, out_height / height)
         return max(1, math.ceil(math.log(factor) / math.log(self.scale) - 1e-9)) if factor > 1 else 1
 
-    def memory_problem(self, width: int, height: int, out_width: int, out_height: int, kept: int = 0) -> str | None:
+    def memory_problem(self, width: int, height: int, out_width: int, out_height: int, kept: int = 0,
+                       converted: bool = False) -> str | None:
         """Why upscaling a `width` x `height` input to `out_width` x `out_height` would not fit in the host's
-        free memory, or None if it does; `kept` earlier outputs the caller still holds count too.
+        free memory, or None if it does; `kept` earlier outputs the caller still holds count too, and
+        `converted` says the caller passes `convert` to `upscale` (a streamed output needs far less).
 
         Asked before a long run, so that a batch reports one file too large for this machine and goes
         on, instead of being killed by the kernel halfway through it.
         """
         grown = self.scale ** self.passes(width, height, out_width, out_height) if self.is_network else 1
         pixels = max(width * height * grown * grown, out_width * out_height)
-        copies = OUTPUT_FLOAT_COPIES + (1 if self.tta else 0) + (1 if self.color_fix else 0) + kept
-        needed = pixels * 3 * 4 * copies
+        if converted and not kept and self.streams(width, height, out_width, out_height):
+            needed = pixels * STREAMED_BYTES_PER_OUTPUT_PIXEL
+        else:
+            copies = OUTPUT_FLOAT_COPIES + (1 if self.tta else 0) + (1 if self.color_fix else 0) + kept
+            needed = pixels * 3 * 4 * copies
         free = available_memory(torch.device("cpu"))
         if needed <= free:
             return None
@@ -152,7 +157,9 @@ class Upscaler:
             return None
         if spec != "auto":
             return int(spec)
-        tile = auto_tile_size(self.bytes_per_input_pixel, available_memory(self.device), self.overlap, self.precision)
+        largest = CPU_LARGEST_AUTO_TILE if self.device.type == "cpu" else GPU_LARGEST_AUTO_TILE
+        tile = auto_tile_size(self.bytes_per_input_pixel, available_memory(self.device), self.overlap, self.precision,
+                              maximum=largest)
         return None if max(height, width) <= tile else tile
 
     def tile_spec(self, spec: str, height: int, width: int) -> TileSpec:
@@ -164,18 +171,27 @@ class Upscaler:
 
     def upscale(self, rgb: np.ndarray, out_width: int, out_height: int, tile_spec: str = "auto",
                 on_tile: Callable[[int, int], None] | None = None, warn: Callable[[str], None] | None = None,
-                options: RunOptions = RunOptions()) -> np.ndarray:
+                options: RunOptions = RunOptions(), convert: Callable[[np.ndarray], np.ndarray] | None = None,
+                ) -> np.ndarray:
         """Float RGB (H, W, 3) in [0, 1] to (out_height, out_width, 3), unclamped float32.
 
         `options` carries a stochastic model's seed and temperature and the extra inputs the model declares
-        ((1, C, h, w) tensors at any size: resized to where each pass needs them).
+        ((1, C, h, w) tensors at any size: resized to where each pass needs them). With `convert` (float
+        rows (h, W, 3) to the form they are kept in, e.g. quantised planes) the result is in that form; where
+        the output streams (`streams`), each band of rows is converted as the tiler finishes it, so the whole
+        output is never held in float32. Either way the values are the same.
         """
         image = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))[None].float()
         if self.module is None:
-            return imresize(image[0], size=(out_height, out_width)).permute(1, 2, 0).numpy()
+            result = imresize(image[0], size=(out_height, out_width)).permute(1, 2, 0).numpy()
+            return result if convert is None else convert(result)
         self._check_extras(options)
         runner = self.descriptor.runner(self.module, self.device, self.precision, options)
         height, width = image.shape[-2:]
+        if convert is not None and self.streams(width, height, out_width, out_height):
+            rows = _Rows(out_height, convert)
+            self._tiled_pass(runner, image, options, tile_spec, on_tile, warn, sink=rows.add)
+            return rows.result()
         source = image
         for _ in range(self.passes(width, height, out_width, out_height)):
             image = self._tiled_pass(runner, image, options, tile_spec, on_tile, warn)
@@ -184,7 +200,14 @@ class Upscaler:
         result = image[0].permute(1, 2, 0).numpy()
         if result.shape[:2] != (out_height, out_width):
             result = lanczos_resize(result, out_width, out_height)
-        return result
+        return result if convert is None else convert(result)
+
+    def streams(self, width: int, height: int, out_width: int, out_height: int) -> bool:
+        """Whether the output of a `width` x `height` input can be handed on in bands as the tiles finish:
+        one pass of a network gives exactly the output size, and no step needs the whole of it (the 8 views
+        of --tta, --color-fix, a resize to another size)."""
+        return (self.is_network and not self.tta and not self.color_fix
+                and (out_width, out_height) == self.output_size(width, height))
 
     def _check_extras(self, options: RunOptions) -> None:
         """Every declared extra input given, and nothing else."""
@@ -215,9 +238,14 @@ class Upscaler:
         return inputs
 
     def _tiled_pass(self, runner: Any, image: torch.Tensor, options: RunOptions, tile_spec: str,
-                    on_tile: Callable[[int, int], None] | None, warn: Callable[[str], None] | None) -> torch.Tensor:
+                    on_tile: Callable[[int, int], None] | None, warn: Callable[[str], None] | None,
+                    sink: Callable[[torch.Tensor], None] | None = None) -> torch.Tensor | None:
         """One run of the network over the whole image, or with `tta` the mean of its 8 dihedral views
-        (every spatial input turned with the image)."""
+        (every spatial input turned with the image); with `sink` (one view only) its output goes there in bands."""
+        if sink is not None:
+            return upscale_tiled(runner, image, self.tile_spec(tile_spec, *image.shape[-2:]),
+                                 extras=self._pass_inputs(image, options), precision=self.precision,
+                                 on_tile=on_tile, warn=warn, sink=sink)
         views = DIHEDRAL_VIEWS if self.tta else DIHEDRAL_VIEWS[:1]
         extras = self._pass_inputs(image, options)
         total = None
@@ -232,6 +260,26 @@ class Upscaler:
             total = out if total is None else total.add_(out)
         assert total is not None
         return total.div_(len(views)) if len(views) > 1 else total
+
+
+class _Rows:
+    """An output assembled from converted bands of rows, top to bottom, into one array allocated at the first band."""
+
+    def __init__(self, height: int, convert: Callable[[np.ndarray], np.ndarray]) -> None:
+        self.height, self.convert, self.filled = height, convert, 0
+        self.array: np.ndarray | None = None
+
+    def add(self, band: torch.Tensor) -> None:
+        """Convert a (1, 3, h, W) float band and store it below the rows already stored."""
+        rows = self.convert(band[0].permute(1, 2, 0).numpy())
+        if self.array is None:
+            self.array = np.empty((self.height, *rows.shape[1:]), rows.dtype)
+        self.array[self.filled : self.filled + len(rows)] = rows
+        self.filled += len(rows)
+
+    def result(self) -> np.ndarray:
+        assert self.array is not None and self.filled == self.height, "the bands did not cover the output"
+        return self.array
 
 
 def _resized(tensor: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -267,6 +315,15 @@ def _bytes(count: int) -> str:
 # weights, the result, a resize; the TTA sum and the colour fix are one more each). Measured peak: 1.5 (a 16-block x4 network, 3072 x 2048
 # output, 64 px tiles, `/usr/bin/time -f %M`); 3 leaves room for the encoder's buffers.
 OUTPUT_FLOAT_COPIES = 3
+# The largest tile `auto` picks. On a CPU more than cache-sized tiles buy nothing but memory: the shipped x4
+# network on a 928 x 1024 photo, bf16, 2 AMD EPYC cores, took 24.0 s with 384 or 512 px tiles, 26.2 s untiled,
+# 28.4 s with 256 (peak RSS 1.15 / 1.34 / 4.05 / 0.81 GiB; benchmarks/NOTES.md). A GPU gains from every pixel it
+# gets at once.
+CPU_LARGEST_AUTO_TILE = 512
+GPU_LARGEST_AUTO_TILE = 1024
+# A streamed output: its 16-bit planes (6 bytes a pixel at most), the encoder's copy and the encoded file, and a
+# band of float rows (a row of tiles).
+STREAMED_BYTES_PER_OUTPUT_PIXEL = 16
 
 DIHEDRAL_VIEWS = tuple((turns, flip) for flip in (False, True) for turns in range(4))  # identity first
 

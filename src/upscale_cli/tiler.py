@@ -183,24 +183,46 @@ def upscale_tiled(
     on_tile: Callable[[int, int], None] | None = None,
     warn: Callable[[str], None] | None = None,
     prepared: Prepared | None = None,
-) -> torch.Tensor:
+    sink: Callable[[torch.Tensor], None] | None = None,
+) -> torch.Tensor | None:
     """Upscale a (1, C, H, W) float32 image tile by tile into (1, C_out, H*s, W*s) float32.
 
     `extras` are the runner's other named inputs; `on_tile(done, total)` reports progress (both passes of
     a reducing runner as one count); `warn` receives notices about fp32 redos and out-of-memory shrinking;
     `prepared` (from `image_state`) reuses a per-image state instead of computing it from this image.
+    With `sink`, the output is handed to it instead, top to bottom in bands of finished rows ((1, C_out, h,
+    W*s), the same values), each as soon as no later tile reaches it: only about one row of tiles of the
+    output is ever held. It then returns None.
     """
     _check_arguments(image, spec, precision)
     inputs = _padded_inputs(image, extras, spec)
     height, width = inputs[IMAGE].tensor.shape[-2:]
     rows, cols = _grid(height, width, spec.tile, spec.overlap, spec.align)
+    out_height, out_width = image.shape[-2] * runner.scale, image.shape[-1] * runner.scale
     with torch.no_grad():
         engine = _Engine(runner, inputs, None, spec, precision, warn)
         if prepared is None:
             prepared = engine.image_state(on_tile, len(rows) * len(cols))
         engine.state = prepared.state
+        if sink is not None:
+            engine.render(rows, cols, on_tile, _cropping(sink, out_height, out_width))
+            return None
         out = engine.render(rows, cols, on_tile)
-    return out[..., : image.shape[-2] * runner.scale, : image.shape[-1] * runner.scale]
+    return out[..., :out_height, :out_width]
+
+
+def _cropping(sink: Callable[[torch.Tensor], None], height: int, width: int) -> Callable[[torch.Tensor], None]:
+    """`sink` handed only the first `height` rows and `width` columns of the bands it is given (the padding cut off)."""
+    passed = 0
+
+    def take(band: torch.Tensor) -> None:
+        nonlocal passed
+        kept = band[..., : max(0, height - passed), :width]
+        passed += band.shape[-2]
+        if kept.shape[-2]:
+            sink(kept)
+
+    return take
 
 
 @dataclass(frozen=True)
@@ -383,19 +405,24 @@ def _feather(spans: list[Span], scale: int) -> list[torch.Tensor]:
 
 
 class _Canvas:
-    """Accumulates feathered region outputs over a grid of spans and divides by the summed weights at the end.
+    """Accumulates feathered region outputs over a grid of spans and divides by the summed weights when rows
+    are taken.
 
     The weights are separable and every (row, column) pair is added, so the summed weight is the outer
-    product of the per-axis sums: only 1-D weight sums are stored.
+    product of the per-axis sums: only 1-D weight sums are stored. A `rolling` canvas holds only the rows
+    from the last ones taken down to the lowest region added so far; otherwise the whole area is allocated
+    at once.
     """
 
-    def __init__(self, rows: list[Span], cols: list[Span], scale: int, device: torch.device) -> None:
-        self.top, self.left, self.scale = rows[0][0], cols[0][0], scale
+    def __init__(self, rows: list[Span], cols: list[Span], scale: int, device: torch.device,
+                 rolling: bool = False) -> None:
+        self.top, self.left, self.scale, self.rolling = rows[0][0], cols[0][0], scale, rolling
         self.row_weights = {span: w.to(device) for span, w in zip(rows, _feather(rows, scale))}
         self.col_weights = {span: w.to(device) for span, w in zip(cols, _feather(cols, scale))}
         self.row_sum = self._axis_sum(self.row_weights, self.top, rows[-1][1], device)
         self.col_sum = self._axis_sum(self.col_weights, self.left, cols[-1][1], device)
         self.total: torch.Tensor | None = None
+        self.taken = 0  # output rows already taken from the top
 
     def _axis_sum(self, weights: dict[Span, torch.Tensor], start: int, end: int, device: torch.device) -> torch.Tensor:
         """Summed weight of every output pixel along one axis."""
@@ -409,17 +436,34 @@ class _Canvas:
         """Blend in the (1, C_out, height*s, width*s) output of the region `window`."""
         row_weight = self.row_weights[(window.top, window.top + window.height)]
         col_weight = self.col_weights[(window.left, window.left + window.width)]
-        if self.total is None:
-            shape = (1, output.shape[1], len(self.row_sum), len(self.col_sum))
-            self.total = output.new_zeros(shape)
-        y, x = (window.top - self.top) * self.scale, (window.left - self.left) * self.scale
+        y, x = (window.top - self.top) * self.scale - self.taken, (window.left - self.left) * self.scale
+        self._reach(output, y + len(row_weight))
         region = self.total[..., y : y + len(row_weight), x : x + len(col_weight)]
         region += output * (row_weight[:, None] * col_weight[None, :])
 
+    def _reach(self, output: torch.Tensor, bottom: int) -> None:
+        """Hold the rows down to `bottom` (of the rows not yet taken), growing the canvas with zeros."""
+        held = 0 if self.total is None else self.total.shape[-2]
+        if bottom <= held:
+            return
+        if not self.rolling:
+            bottom = len(self.row_sum) - self.taken
+        more = output.new_zeros((1, output.shape[1], bottom - held, len(self.col_sum)))
+        self.total = more if self.total is None else torch.cat([self.total, more], dim=-2)
+
+    def take_rows(self, before: int) -> torch.Tensor:
+        """The blended output above input row `before` (every region over it added) and not taken yet; the
+        canvas lets go of those rows."""
+        assert self.total is not None, "no region was added"
+        end = (before - self.top) * self.scale - self.taken
+        done = self.total[..., :end, :]
+        done.div_(self.row_sum[self.taken : self.taken + end, None] * self.col_sum[None, :])
+        self.total, self.taken = self.total[..., end:, :], self.taken + end
+        return done
+
     def result(self) -> torch.Tensor:
         """The blended output of the whole area."""
-        assert self.total is not None, "no region was added"
-        return self.total.div_(self.row_sum[:, None] * self.col_sum[None, :])
+        return self.take_rows(self.top + len(self.row_sum) // self.scale)
 
 
 class _Engine:
@@ -459,18 +503,24 @@ class _Engine:
                 self._tick()
         return totals
 
-    def render(self, rows: list[Span], cols: list[Span], on_tile: Callable[[int, int], None] | None) -> torch.Tensor:
-        """Run every region (batching same-shaped windows) and blend the results into the output image."""
+    def render(self, rows: list[Span], cols: list[Span], on_tile: Callable[[int, int], None] | None,
+               sink: Callable[[torch.Tensor], None] | None = None) -> torch.Tensor | None:
+        """Run every region, a row of tiles at a time (batching same-shaped windows), and blend the results
+        into the output image; with `sink`, hand it each band of rows that the next row of tiles leaves
+        finished, and return None."""
         spec = self.spec
-        windows = [_window(row, col, spec.overlap, self.height, self.width, spec.align) for row in rows for col in cols]
         if self.on_tile is None:
-            self._start_progress(on_tile, len(windows))
-        canvas = _Canvas(rows, cols, self.runner.scale, self.inputs[IMAGE].tensor.device)
-        for chunk in _batches(windows, spec.batch):
-            for window, output in zip(chunk, self._outputs(chunk, self._run, self._split_blend)):
-                canvas.add(window, output)
-                self._tick()
-        return canvas.result()
+            self._start_progress(on_tile, len(rows) * len(cols))
+        canvas = _Canvas(rows, cols, self.runner.scale, self.inputs[IMAGE].tensor.device, rolling=sink is not None)
+        for index, row in enumerate(rows):
+            windows = [_window(row, col, spec.overlap, self.height, self.width, spec.align) for col in cols]
+            for chunk in _batches(windows, spec.batch):
+                for window, output in zip(chunk, self._outputs(chunk, self._run, self._split_blend)):
+                    canvas.add(window, output)
+                    self._tick()
+            if sink is not None:
+                sink(canvas.take_rows(rows[index + 1][0] if index + 1 < len(rows) else row[1]))
+        return None if sink is not None else canvas.result()
 
     def _start_progress(self, on_tile: Callable[[int, int], None] | None, total: int) -> None:
         self.on_tile, self.done, self.total = on_tile or (lambda done, total: None), 0, total

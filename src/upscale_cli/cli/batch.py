@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import glob
+import hashlib
 import json
 import string
 import sys
@@ -17,7 +18,8 @@ from typing import Any, Callable
 import click
 
 from upscale_cli.cli.common import echo_err, visible
-from upscale_cli.cli.options import DEVICE_HELP, FIXED_PRECISIONS, PRECISIONS, THREADS, device_item, one, tile_item
+from upscale_cli.cli.options import (DEVICE_HELP, FIXED_PRECISIONS, PRECISIONS, THREADS, device_item, one, shard_item,
+                                     tile_item)
 from upscale_cli.errors import ExitCode, ImageWriteError, StopBatch, Terminated, UpscaleError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp"}
@@ -77,6 +79,9 @@ def output_options(default_name: str) -> Callable[[Callable[..., Any]], Callable
         click.option("--threads", type=THREADS, help="CPU threads for torch."),
         click.option("--overwrite", is_flag=True, help="Replace existing outputs."),
         click.option("--skip-existing", is_flag=True, help="Leave existing outputs alone and move on."),
+        click.option("--shard", callback=one(shard_item), metavar="K/N",
+                     help="Process only the K-th of N shares of the inputs (each file's share follows from its "
+                          "path alone), e.g. --shard $SLURM_ARRAY_TASK_ID/8 across a job array."),
         click.option("--max-pixels", type=click.IntRange(min=1), default=100_000_000, show_default=True,
                      help="Refuse inputs larger than this many pixels (decompression-bomb guard)."),
         click.option("--json", "as_json", is_flag=True, help="One JSON object per file on stdout, then a summary."),
@@ -109,6 +114,8 @@ def check_output_usage(opts: dict[str, Any]) -> None:
         raise click.UsageError("--json and -o - both write to stdout: give -o FILE or leave out --json")
     if opts["inputs"] == ("-",) and not opts["output"]:
         raise click.UsageError("reading from stdin needs -o FILE or -o - for stdout")
+    if opts["shard"] and "-" in opts["inputs"]:
+        raise click.UsageError("--shard splits files and folders; stdin is one input")
 
 
 def check_name_template(template: str) -> None:
@@ -240,12 +247,22 @@ def start_batch(opts: dict[str, Any], output: str | None) -> tuple[list[Job], Re
     """The jobs the inputs name, and a Reporter that already holds the inputs that name nothing. Temporary
     files that killed runs left in the output folders are removed first (and reported)."""
     jobs, outcomes = expand_inputs(opts["inputs"], output, opts["recursive"])
+    if opts["shard"]:
+        jobs = [job for job in jobs if in_shard(job, *opts["shard"])]
     report = Reporter(opts)
     if not opts["dry_run"]:
         remove_stale_temporaries(jobs, report)
     for outcome in outcomes:
         report.add(outcome)
     return jobs, report
+
+
+def in_shard(job: Job, index: int, count: int) -> bool:
+    """Whether `job` belongs to share `index` (1-based) of `count`: by a hash of its source path as listed,
+    so every shard agrees without coordination, and outputs that appear beside the sources while shards
+    run move no other file to another share (as a split by position in the listing would)."""
+    key = hashlib.blake2b(job.label.encode("utf-8", "surrogateescape"), digest_size=8).digest()
+    return int.from_bytes(key, "big") % count == index - 1
 
 
 def remove_stale_temporaries(jobs: list[Job], report: Reporter) -> None:
@@ -355,7 +372,7 @@ def same_settings(found: str | None, expected: str) -> bool:
 
 
 def write_output(path: Path | None, rgb: Any, image: Any, fmt: str, opts: dict[str, Any], software: str) -> str | None:
-    """Encode `rgb` with the source's alpha (resized), bit depth, ICC and EXIF (unless --strip-metadata), and
+    """Encode `rgb` (float RGB, or the colour planes `colour_planes` made) with the source's alpha (resized), bit depth, ICC and EXIF (unless --strip-metadata), and
     `software` as the Software tag; write atomically or to stdout. With --skip-existing, a file of the same
     settings that another process published meanwhile is no failure: `FINISHED_ELSEWHERE` is returned."""
     from upscale_cli.image_io import encode_image, lanczos_resize, write_image

@@ -52,6 +52,14 @@ def tile_item(value: str) -> str:
     raise ValueError(f"{value!r}: a tile is none, auto or a size in pixels (>= 8)")
 
 
+def shard_item(value: str) -> tuple[int, int]:
+    """`K/N`: the K-th (1-based) of N shares of a batch."""
+    match = re.fullmatch(r"(\d+)/(\d+)", value)
+    if not match or not 1 <= int(match[1]) <= int(match[2]):
+        raise ValueError(f"{value!r}: a shard is K/N with 1 <= K <= N, e.g. 3/8")
+    return int(match[1]), int(match[2])
+
+
 def size_item(value: str) -> int:
     if not value.isdigit() or not 8 <= int(value) <= 8192:
         raise ValueError(f"{value!r}: a size is a whole number of LR pixels from 8 to 8192")

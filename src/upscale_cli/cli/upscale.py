@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from functools import partial
 from typing import Any
 
 import click
@@ -125,7 +126,7 @@ def _process(job: Job, upscaler: Any, opts: dict[str, Any], progress: BatchProgr
              name_fields: dict[str, str] | None = None) -> Outcome:
     """Read, upscale, encode and write one image; every failure becomes an Outcome, never an exception.
     `name_fields` are more fields for the name template (stylize's {style})."""
-    from upscale_cli.image_io import extension, output_format, read_image
+    from upscale_cli.image_io import colour_planes, extension, output_depth, output_format, read_image
 
     started = time.perf_counter()
     try:
@@ -164,14 +165,16 @@ def _process(job: Job, upscaler: Any, opts: dict[str, Any], progress: BatchProgr
             return skipped(job.label, shown, why, extra)
         if opts["dry_run"]:
             return Outcome(job.label, "dry-run", shown, extra=extra)
-        problem = upscaler.memory_problem(image.width, image.height, out_w, out_h)
+        problem = upscaler.memory_problem(image.width, image.height, out_w, out_h, converted=True)
         if problem:
             raise ImageWriteError(shown, f"{problem} (ask for less with --scale, --width or --height)")
         progress.start_image(job.label, image.width * image.height)
-        rgb = upscaler.upscale(image.rgb, out_w, out_h, opts["tile"], on_tile=progress.tile_done,
-                               warn=lambda m: report.note(f"{job.label}: {m}"),
-                               options=RunOptions(seed, tau, extras, strength, method))
-        raced = write_output(path, rgb, image, fmt, opts, made_by)
+        planes = upscaler.upscale(image.rgb, out_w, out_h, opts["tile"], on_tile=progress.tile_done,
+                                  warn=lambda m: report.note(f"{job.label}: {m}"),
+                                  options=RunOptions(seed, tau, extras, strength, method),
+                                  convert=partial(colour_planes, grayscale=image.grayscale,
+                                                  depth=output_depth(fmt, image.bit_depth)))
+        raced = write_output(path, planes, image, fmt, opts, made_by)
         progress.image_done(out_w * out_h)
         if raced:
             return skipped(job.label, shown, raced, extra)
