@@ -29,7 +29,7 @@ from upscale_cli.archs.srflow import (
 )
 from upscale_cli.checkpoint import CheckpointInfo, config_dict, load_model, read_info, save_checkpoint
 from upscale_cli.flows import standard_normal_log_prob
-from upscale_cli.tiler import TileSpec, upscale_tiled
+from upscale_cli.tiler import TileSpec, make_windows, upscale_tiled
 from upscale_cli.train.config import TrainConfig, apply_settings
 from upscale_cli.train.loop import Trainer
 from upscale_cli.train.recipes import make_recipe
@@ -444,6 +444,47 @@ def test_tiled_sample_equals_untiled() -> None:
     assert (other_seed - whole).abs().max().item() > 0.05
 
 
+def _counting_features(model: SRFlow, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count the encoder's runs on `model` (one entry per call)."""
+    calls: list[int] = []
+    features = model.features
+
+    def counted(lr: torch.Tensor) -> list[torch.Tensor]:
+        calls.append(1)
+        return features(lr)
+
+    monkeypatch.setattr(model, "features", counted)
+    return calls
+
+
+def test_samples_of_one_image_run_the_encoder_once_per_tile(monkeypatch: pytest.MonkeyPatch) -> None:
+    model, image = tiny_model(), rand(1, 3, 40, 36, seed=3)
+    spec = TileSpec(tile=24, overlap=16, align=2)
+    fresh = [upscale_tiled(SRFlowRunner(tiny_model(), "cpu", "fp32", tau=0.8, seed=seed), image, spec)
+             for seed in (0, 1, 2)]  # separate models: nothing is reused
+    calls = _counting_features(model, monkeypatch)
+    samples = [upscale_tiled(SRFlowRunner(model, "cpu", "fp32", tau=0.8, seed=seed), image, spec) for seed in (0, 1, 2)]
+    assert len(calls) == len(make_windows(40, 36, 24, 16, align=2)) > 1  # the first sample's tiles only
+    for sample, expected in zip(samples, fresh):
+        assert torch.equal(sample, expected)
+    assert (samples[0] - samples[1]).abs().max() > 0.05  # different seeds still differ
+
+
+def test_the_condition_cache_never_serves_another_image_or_changed_weights(monkeypatch: pytest.MonkeyPatch) -> None:
+    model, spec = tiny_model(), TileSpec(tile=None, overlap=0, align=2)
+    image = rand(1, 3, 16, 16, seed=4)
+    calls = _counting_features(model, monkeypatch)
+    first = upscale_tiled(SRFlowRunner(model, "cpu", "fp32", tau=0.0, seed=0), image, spec)
+    poked = image.clone()
+    poked[..., 5, 5] += 0.5
+    changed = upscale_tiled(SRFlowRunner(model, "cpu", "fp32", tau=0.0, seed=0), poked, spec)
+    assert len(calls) == 2 and not torch.equal(changed, first)
+    with torch.no_grad():
+        next(model.encoder.parameters()).mul_(1.5)  # an in-place update, as an optimizer makes
+    retrained = upscale_tiled(SRFlowRunner(model, "cpu", "fp32", tau=0.0, seed=0), poked, spec)
+    assert len(calls) == 3 and not torch.equal(retrained, changed)
+
+
 def test_runner_refuses_unaligned_windows() -> None:
     runner = SRFlowRunner(tiny_model(), "cpu", "fp32", tau=0.5, seed=0)
     with pytest.raises(ValueError, match="aligned"):
@@ -463,7 +504,7 @@ def test_receptive_radius_bounds_the_influence_of_an_lr_pixel() -> None:
     assert cols.min() >= (24 - radius) * scale and cols.max() < (25 + radius) * scale
 
 
-def test_bf16_encoder_stays_close_to_fp32() -> None:
+def test_bf16_encoder_and_parameter_networks_stay_close_to_fp32() -> None:
     model = tiny_model()
     image = rand(1, 3, 16, 16)
     fp32 = upscale_tiled(SRFlowRunner(model, "cpu", "fp32", tau=0.8, seed=0), image, TileSpec(tile=None, overlap=0, align=2))

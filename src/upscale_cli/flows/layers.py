@@ -274,7 +274,8 @@ class ParamNet(nn.Module):
     odd = scale logits (or log std).
 
     `compute_dtype` (a run-time choice, not saved; see `set_param_net_dtype`) runs the network under
-    autocast in that dtype and returns the input's dtype. The network need not be invertible, and the
+    autocast in that dtype; callers build its input in that dtype (`net_input_dtype`: one cast of the small
+    flow half instead of casting the wide condition at every step) and cast its output to the flow's. The network need not be invertible, and the
     affine arithmetic and log-dets that use its output stay in the flow's dtype: the same input gives
     the same parameters in both directions, so the flow still inverts up to rounding.
     """
@@ -295,12 +296,17 @@ class ParamNet(nn.Module):
         if self.compute_dtype is None:
             return self._layers(x)
         with torch.autocast(x.device.type, dtype=self.compute_dtype):
-            return self._layers(x).to(x.dtype)
+            return self._layers(x)  # float32: the output scale's exp(3 * logs) promotes it
 
     def _layers(self, x: torch.Tensor) -> torch.Tensor:
         h = F.relu(self.norm1(self.conv1(x))[0])
         h = F.relu(self.norm2(self.conv2(h))[0])
         return self.out(h)
+
+
+def net_input_dtype(net: nn.Module, like: torch.Tensor) -> torch.dtype:
+    """The dtype to build a parameter network's input in: its compute dtype if it has one, else `like`'s."""
+    return getattr(net, "compute_dtype", None) or like.dtype
 
 
 def set_param_net_dtype(module: nn.Module, dtype: torch.dtype | None) -> None:
@@ -326,7 +332,7 @@ class AffineInjector(InvertibleLayer):
     def _params(self, cond: torch.Tensor | None, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if cond is None:
             raise ValueError("AffineInjector needs a condition tensor")
-        h = self.net(cond.to(like.dtype))
+        h = self.net(cond.to(net_input_dtype(self.net, like))).to(like.dtype)
         return h[:, 0::2], affine_scale(h[:, 1::2])
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -360,7 +366,9 @@ class _Coupling(InvertibleLayer):
     def _net_output(self, x_a: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
         if (cond is None) != (self.cond_channels == 0):
             raise ValueError(f"this coupling expects {self.cond_channels} condition channels")
-        return self.net(x_a if cond is None else torch.cat([x_a, cond.to(x_a.dtype)], 1))
+        dtype = net_input_dtype(self.net, x_a)
+        inputs = x_a.to(dtype) if cond is None else torch.cat([x_a.to(dtype), cond.to(dtype)], 1)
+        return self.net(inputs).to(x_a.dtype)
 
 
 class ConditionalAffineCoupling(_Coupling):
