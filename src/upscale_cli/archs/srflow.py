@@ -376,7 +376,7 @@ class SRFlowRunner:
     the encoder on the LR window and the flow in reverse. In bf16 the encoder and the flow's parameter
     networks run under bf16 autocast while the affine arithmetic stays fp32: only the reverse pass is run
     here, so the exact invertibility that bf16 parameter networks lose (`benchmarks/flow_precision.py`)
-    is not needed; the samples agree with fp32 ones to 63 dB (benchmarks/NOTES.md). Tensors are
+    is not needed; the samples agree with fp32 ones to 53.6 dB or more in 8 bits (benchmarks/flow_reverse.py). Tensors are
     channels_last (faster convolutions in fp32 too). The encoder's conditions of each window are kept
     per model while the same image is sampled again (`ConditionCache`), so `upscale sample -n 8` runs the
     encoder once per window, not once per sample.
@@ -648,7 +648,8 @@ DESCRIPTOR = ModelDescriptor(
     sampling=Sampling(default_tau=DEFAULT_TAU),
     size=SizeRequirements(multiple=2),
     # bf16: the encoder and the parameter networks in bf16, the affine arithmetic in fp32. The reverse pass
-    # of a 128 px sample 2.07x faster than fp32 NCHW on 2 AMD EPYC cores, samples within 63 dB of fp32's.
+    # of a 128 px sample 1.95-2.01x faster than fp32 NCHW on 2 AMD EPYC cores, samples within 53.6 dB of fp32's
+    # (benchmarks/flow_reverse.py).
     bf16=True,
     fp16=False,
     tile_overlap=32,  # "generous": one noise field is shared, so the rest of the radius barely matters
