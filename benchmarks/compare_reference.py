@@ -1,13 +1,16 @@
 """upscale against a plain PyTorch reference and OpenVINO on the same weights, each case a fresh process (#26).
 
-    python benchmarks/compare_reference.py [--models srresnet srgan] [--sizes 256 1024] [--json OUT.json]
+    python benchmarks/compare_reference.py [--models srresnet srgan] [--sizes 64 256 1024] [--json OUT.json]
 
 Cases, per shipped model and input size (crops of a real photo, ../shared/data/train/sunhays80/img_057.png,
 928 x 1024 px: the largest photo there, so "1024 px" is its whole 928 x 1024):
 
 * reference: what research scripts do: the network in fp32, NCHW, on the whole image, under no_grad;
 * engine: `load_upscaler` with its defaults (precision auto, BatchNorm folded, tiles auto), on the array;
-* command: the whole `upscale IN.png -m MODEL -o OUT.png` (import, decode, run, encode, write);
+  engine-openvino: the same with `backend="openvino"` (the converted network run by the tiler);
+* command: the whole `upscale IN.png -m MODEL -o OUT.png --backend torch` (import, decode, run, encode, write);
+  command-openvino: the same with `--backend openvino` and the conversion already cached (a first run on a
+  16 px crop makes it), which for inputs up to 384 px never imports torch;
 * openvino: the same network (BatchNorm folded) converted by `openvino.convert_model` and compiled for
   the CPU with OpenVINO's defaults ("where it converts": a failure is reported, not hidden).
 
@@ -31,7 +34,8 @@ from pathlib import Path
 import numpy as np
 
 PHOTO = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "train" / "sunhays80" / "img_057.png"
-COMPUTE_CASES = ("reference", "engine", "openvino")
+COMPUTE_CASES = ("reference", "engine", "engine-openvino", "openvino")
+COMMAND_BACKENDS = {"command": "torch", "command-openvino": "openvino"}
 
 
 def crop(size: int, folder: Path) -> Path:
@@ -61,14 +65,14 @@ def run_case(case: str, model: str, image_path: Path, out_path: Path) -> dict:
     rgb = read_image(str(image_path)).rgb
     tensor = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))[None]
     warm = tensor[..., :64, :64].contiguous()
-    if case == "engine":
-        upscaler = load_upscaler(model, device="cpu")
+    if case.startswith("engine"):
+        upscaler = load_upscaler(model, device="cpu", backend="openvino" if case == "engine-openvino" else "torch")
         scale = upscaler.scale
         upscaler.upscale(warm[0].permute(1, 2, 0).numpy(), 64 * scale, 64 * scale)
         start = time.perf_counter()
         out = upscaler.upscale(rgb, rgb.shape[1] * scale, rgb.shape[0] * scale)
         seconds = time.perf_counter() - start
-        detail = f"precision {upscaler.precision}"
+        detail = f"precision {upscaler.precision}, backend {upscaler.backend}"
     else:
         module, info = load_model(find_weights(model, None))
         module = module.eval()
@@ -139,22 +143,26 @@ def measure(model: str, image: Path, folder: Path) -> list[dict]:
         rows.append({"model": model, "input": image.name, "case": case, "seconds": result["seconds"],
                      "process_seconds": wall, "peak_rss_gib": rss, "detail": result["detail"],
                      "mp_per_s": result["out_pixels"] / 1e6 / result["seconds"]})
-    written = folder / f"{model}_{image.stem}_command.png"
-    _, wall, rss = in_fresh_process([sys.executable, "-m", "upscale_cli", str(image), "-m", model, "-o", str(written),
-                                     "--overwrite", "--quiet"])
     from upscale_cli.image_io import read_image
 
-    outputs["command"] = read_image(str(written)).rgb
-    pixels = outputs["command"].shape[0] * outputs["command"].shape[1]
-    rows.append({"model": model, "input": image.name, "case": "command", "seconds": wall, "process_seconds": wall,
-                 "peak_rss_gib": rss, "detail": "the whole upscale command", "mp_per_s": pixels / 1e6 / wall})
+    for case, backend in COMMAND_BACKENDS.items():
+        written = folder / f"{model}_{image.stem}_{case}.png"
+        command = [sys.executable, "-m", "upscale_cli", "-m", model, "--backend", backend, "--overwrite", "--quiet"]
+        if backend != "torch":  # convert (and compile) once, untimed, as a user's first run would
+            in_fresh_process([*command, str(folder / "in16.png"), "-o", str(folder / "warm.png")])
+        _, wall, rss = in_fresh_process([*command, str(image), "-o", str(written)])
+        outputs[case] = read_image(str(written)).rgb
+        pixels = outputs[case].shape[0] * outputs[case].shape[1]
+        rows.append({"model": model, "input": image.name, "case": case, "seconds": wall, "process_seconds": wall,
+                     "peak_rss_gib": rss, "detail": f"the whole upscale command, --backend {backend}",
+                     "mp_per_s": pixels / 1e6 / wall})
     reference = outputs.get("reference")
     for row in rows:
         if reference is not None and row["case"] in outputs:
             row["psnr_vs_reference"] = psnr(outputs[row["case"]], reference)
         base = next((r for r in rows if r["case"] == "reference" and "seconds" in r), None)
         if base is not None and "seconds" in row:
-            key = "process_seconds" if row["case"] == "command" else "seconds"
+            key = "process_seconds" if row["case"] in COMMAND_BACKENDS else "seconds"
             row["speedup_vs_reference"] = base[key] / row["seconds"]
     return rows
 
@@ -162,7 +170,7 @@ def measure(model: str, image: Path, folder: Path) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["srresnet", "srgan"])
-    parser.add_argument("--sizes", nargs="+", type=int, default=[256, 1024])
+    parser.add_argument("--sizes", nargs="+", type=int, default=[64, 256, 1024])
     parser.add_argument("--json", type=Path)
     parser.add_argument("--case", choices=COMPUTE_CASES, help=argparse.SUPPRESS)
     parser.add_argument("--watch", help=argparse.SUPPRESS)
@@ -183,17 +191,19 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
+        os.environ["XDG_CACHE_HOME"] = str(folder / "cache")  # every case converts afresh, into a cache of its own
+        crop(16, folder)
         for size in args.sizes:
             image = crop(size, folder)
             for model in args.models:
                 rows += measure(model, image, folder)
     print(f"CPU: {cpu}")
-    print(f"{'model':10} {'input':10} {'case':10} {'s':>8} {'MP/s':>7} {'x ref':>6} {'RSS GiB':>8} {'PSNR':>6}")
+    print(f"{'model':10} {'input':10} {'case':16} {'s':>8} {'MP/s':>7} {'x ref':>6} {'RSS GiB':>8} {'PSNR':>6}")
     for row in rows:
         if "error" in row:
-            print(f"{row['model']:10} {row['input']:10} {row['case']:10} failed: {row['error']}")
+            print(f"{row['model']:10} {row['input']:10} {row['case']:16} failed: {row['error']}")
             continue
-        print(f"{row['model']:10} {row['input']:10} {row['case']:10} {row['seconds']:8.2f} {row['mp_per_s']:7.2f} "
+        print(f"{row['model']:10} {row['input']:10} {row['case']:16} {row['seconds']:8.2f} {row['mp_per_s']:7.2f} "
               f"{row.get('speedup_vs_reference', float('nan')):6.2f} {row['peak_rss_gib']:8.2f} "
               f"{row.get('psnr_vs_reference', float('nan')):6.1f}")
     if args.json:

@@ -108,7 +108,8 @@ def test_pickle_files_are_never_unpickled(tmp_path: Path) -> None:
 
 
 def test_weights_digest_names_the_tensors_not_the_metadata(tmp_path: Path) -> None:
-    from upscale_cli.checkpoint import record_metrics, weights_digest
+    from upscale_cli.checkpoint import record_metrics
+    from upscale_cli.models import weights_digest
 
     config = SRResNetConfig(scale=4, channels=8, blocks=1)
     torch.manual_seed(0)

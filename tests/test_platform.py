@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from conftest import save_small, small_model
 from upscale_cli.archs import architecture_ids, get_architecture, register, unregister
 from upscale_cli.archs.base import (AT_OUTPUT, IMAGE_TO_IMAGE, WHOLE, ExtraInput,
                                     ModelDescriptor, RunOptions, SizeRequirements)
@@ -161,32 +162,6 @@ ALL_ARCHITECTURES = [*architecture_ids(), *(d.id for d in TEST_DESCRIPTORS)]
 
 
 # ----- helpers ---------------------------------------------------------------------------------
-
-
-def small_model(arch_id: str, seed: int = 0) -> tuple[ModelDescriptor, nn.Module]:
-    """An architecture's small config, built with seeded random weights and initialised where it needs data.
-
-    Parameters initialised to exactly zero (a flow's zero-convolutions) get small random values, so that no
-    path of the network is switched off and the tests see everything it reads."""
-    descriptor = get_architecture(arch_id)
-    torch.manual_seed(seed)
-    model = descriptor.build(descriptor.make_config(dict(descriptor.small_config))).eval()
-    with torch.no_grad():
-        for parameter in model.parameters():
-            if not parameter.any():
-                parameter.normal_(0.0, 0.02)
-    if descriptor.initialize is not None:
-        descriptor.initialize(model, torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(seed)))
-    return descriptor, model.eval()
-
-
-def save_small(arch_id: str, folder: Path, name: str | None = None) -> Path:
-    descriptor, model = small_model(arch_id)
-    config = model.config
-    scale = descriptor.scale(config)
-    path = folder / f"{name or arch_id.replace('_', '')}_x{scale}.safetensors"
-    save_checkpoint(path, model, CheckpointInfo(arch_id, scale, asdict(config), name=path.stem))
-    return path
 
 
 def extras_for(descriptor: ModelDescriptor, height: int, width: int, seed: int = 1) -> dict[str, torch.Tensor]:

@@ -27,11 +27,14 @@ __all__ = ["DEFAULT_MODEL", "DEFAULT_SAMPLER", "Model", "load"]
 
 
 def load(model: str = DEFAULT_MODEL, *, device: str = "auto", precision: str = "auto", tile: str = "auto",
-         tta: bool = False, color_fix: bool = False, threads: int | None = None) -> Model:
-    """A model by name (`upscale models` lists them), `bicubic`, or a .safetensors path, ready to run."""
+         tta: bool = False, color_fix: bool = False, threads: int | None = None, backend: str = "torch") -> Model:
+    """A model by name (`upscale models` lists them), `bicubic`, or a .safetensors path, ready to run
+    (`backend`: as the CLI's `--backend`; torch unless asked, so that a script's results do not change with
+    what else is installed)."""
     from upscale_cli.engine import load_upscaler
 
-    upscaler = load_upscaler(model, None, device, precision, threads=threads, tta=tta, color_fix=color_fix)
+    upscaler = load_upscaler(model, None, device, precision, threads=threads, tta=tta, color_fix=color_fix,
+                             backend=backend)
     if tile not in ("auto", "none") and int(tile) <= upscaler.overlap:
         raise ValueError(f"the tile ({tile}) must be larger than the overlap ({upscaler.overlap})")
     return Model(upscaler, tile)

@@ -199,20 +199,6 @@ def check_dtypes(layout: dict[str, torch.Tensor], header: dict[str, tuple[str, t
             raise CheckpointError(f"{source}: tensor {key} is {dtype}; it must be {kind}")
 
 
-def weights_digest(path: Path) -> str:
-    """The first 8 hex digits of the SHA-256 of a checkpoint's tensor data: names the weights themselves,
-    unchanged when `record_metrics` rewrites the metadata in the header."""
-    import hashlib
-
-    with open(path, "rb") as handle:
-        header_length = int.from_bytes(handle.read(8), "little")
-        handle.seek(8 + header_length)
-        digest = hashlib.sha256()
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()[:8]
-
-
 def load_strict(model: nn.Module, tensors: dict[str, torch.Tensor], source: object) -> None:
     """Load `tensors` into `model`, naming every missing, unexpected or mis-shaped tensor."""
     check_tensors({k: tuple(v.shape) for k, v in model.state_dict().items()},

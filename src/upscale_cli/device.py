@@ -3,23 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-from functools import lru_cache
-from pathlib import Path
 
 import torch
 
+from upscale_cli.cpu import cpu_has_native_bf16
+
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-@lru_cache(maxsize=1)
-def cpu_has_native_bf16() -> bool:
-    """True on CPUs with AMX-BF16 or AVX-512 BF16, where bf16 matmuls run natively and fast."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
 def resolve_device(name: str) -> torch.device:

@@ -12,7 +12,6 @@ brightness, shading) is matched to the input by one back-projection step (`color
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -25,19 +24,22 @@ from torch import nn
 
 from upscale_cli.archs import get_architecture
 from upscale_cli.archs.base import AT_OUTPUT, SUPER_RESOLUTION, WHOLE, ModelDescriptor, RunOptions
-from upscale_cli.checkpoint import CheckpointInfo, load_model, weights_digest
+from upscale_cli.checkpoint import CheckpointInfo, load_model
 from upscale_cli.convert import cached_conversion, is_foreign
+from upscale_cli.cpu import CPU_LARGEST_AUTO_TILE, GPU_LARGEST_AUTO_TILE, OPENVINO_LARGEST_AUTO_TILE
 from upscale_cli.device import resolve_device, resolve_precision
 from upscale_cli.errors import InputError
 from upscale_cli.image_io import lanczos_resize
-from upscale_cli.models import BICUBIC, find_weights, looks_like_path
+from upscale_cli.models import BICUBIC, find_weights, looks_like_path, weights_digest
+from upscale_cli.openvino_backend import Facts, OpenVinoNetwork, network_for
 from upscale_cli.resize import imresize
 from upscale_cli.rewrite import fold_batchnorm
+from upscale_cli.sizes import OutputSizes
 from upscale_cli.tiler import TileInput, TileSpec, auto_tile_size, available_memory, upscale_tiled
 
 
 @dataclass
-class Upscaler:
+class Upscaler(OutputSizes):
     """A loaded model ready to upscale whole images (`descriptor` and `module` are None for bicubic)."""
 
     name: str
@@ -53,6 +55,12 @@ class Upscaler:
     tta: bool = False  # average the 8 flips and rotations (deterministic models only)
     color_fix: bool = False  # back-project the input's low frequencies into the output (super-resolution)
     digest: str | None = None  # `weights_digest` of the checkpoint, for provenance tags
+    network: OpenVinoNetwork | None = None  # the same network converted for OpenVINO (`--backend`), run instead
+    backend_note: str | None = None  # why an asked-for backend is not used, for the user
+
+    @property
+    def backend(self) -> str:
+        return "torch" if self.network is None else "openvino"
 
     @property
     def is_network(self) -> bool:
@@ -104,32 +112,6 @@ class Upscaler:
         with torch.inference_mode():
             return self.descriptor.describe_input(self.module, image)
 
-    def output_size(self, width: int, height: int, scale: float | None = None, out_width: int | None = None,
-                    out_height: int | None = None) -> tuple[int, int]:
-        """The output (width, height) of a `width` x `height` input: the native scale, another `scale`, or
-        `out_width` / `out_height` (the aspect kept when only one is given). Image-to-image models keep the
-        input's size and refuse the rest (ValueError)."""
-        if self.task != SUPER_RESOLUTION:
-            if scale is not None or out_width or out_height:
-                raise ValueError(f"{self.name} is an {self.task} model (its output has the input's size): "
-                                 "a scale, width or height is for super-resolution models")
-            return width, height
-        if out_width and out_height:
-            return out_width, out_height
-        if out_width:
-            return out_width, max(1, round(height * out_width / width))
-        if out_height:
-            return max(1, round(width * out_height / height)), out_height
-        factor = scale or self.scale
-        return max(1, round(width * factor)), max(1, round(height * factor))
-
-    def passes(self, width: int, height: int, out_width: int, out_height: int) -> int:
-        """How many runs of the model a `width` x `height` input needs to reach the output size."""
-        if self.task != SUPER_RESOLUTION or self.scale < 2:
-            return 1
-        factor = max(out_width / width, out_height / height)
-        return max(1, math.ceil(math.log(factor) / math.log(self.scale) - 1e-9)) if factor > 1 else 1
-
     def memory_problem(self, width: int, height: int, out_width: int, out_height: int, kept: int = 0,
                        converted: bool = False) -> str | None:
         """Why upscaling a `width` x `height` input to `out_width` x `out_height` would not fit in the host's
@@ -157,7 +139,8 @@ class Upscaler:
             return None
         if spec != "auto":
             return int(spec)
-        largest = CPU_LARGEST_AUTO_TILE if self.device.type == "cpu" else GPU_LARGEST_AUTO_TILE
+        largest = (GPU_LARGEST_AUTO_TILE if self.device.type != "cpu" else CPU_LARGEST_AUTO_TILE if self.network is None
+                   else OPENVINO_LARGEST_AUTO_TILE)
         tile = auto_tile_size(self.bytes_per_input_pixel, available_memory(self.device), self.overlap, self.precision,
                               maximum=largest)
         return None if max(height, width) <= tile else tile
@@ -186,7 +169,7 @@ class Upscaler:
             result = imresize(image[0], size=(out_height, out_width)).permute(1, 2, 0).numpy()
             return result if convert is None else convert(result)
         self._check_extras(options)
-        runner = self.descriptor.runner(self.module, self.device, self.precision, options)
+        runner = self._runner(options)
         height, width = image.shape[-2:]
         if convert is not None and self.streams(width, height, out_width, out_height):
             rows = _Rows(out_height, convert)
@@ -208,6 +191,14 @@ class Upscaler:
         of --tta, --color-fix, a resize to another size)."""
         return (self.is_network and not self.tta and not self.color_fix
                 and (out_width, out_height) == self.output_size(width, height))
+
+    def _runner(self, options: RunOptions) -> Any:
+        """The tile runner of one image: the converted network's where there is one, else the descriptor's."""
+        if self.network is not None:
+            from upscale_cli.archs.runners import OpenVinoRunner
+
+            return OpenVinoRunner(self.network, self.scale)
+        return self.descriptor.runner(self.module, self.device, self.precision, options)
 
     def _check_extras(self, options: RunOptions) -> None:
         """Every declared extra input given, and nothing else."""
@@ -315,12 +306,6 @@ def _bytes(count: int) -> str:
 # weights, the result, a resize; the TTA sum and the colour fix are one more each). Measured peak: 1.5 (a 16-block x4 network, 3072 x 2048
 # output, 64 px tiles, `/usr/bin/time -f %M`); 3 leaves room for the encoder's buffers.
 OUTPUT_FLOAT_COPIES = 3
-# The largest tile `auto` picks. On a CPU more than cache-sized tiles buy nothing but memory: the shipped x4
-# network on a 928 x 1024 photo, bf16, 2 AMD EPYC cores, took 24.0 s with 384 or 512 px tiles, 26.2 s untiled,
-# 28.4 s with 256 (peak RSS 1.15 / 1.34 / 4.05 / 0.81 GiB; benchmarks/NOTES.md). A GPU gains from every pixel it
-# gets at once.
-CPU_LARGEST_AUTO_TILE = 512
-GPU_LARGEST_AUTO_TILE = 1024
 # A streamed output: its 16-bit planes (6 bytes a pixel at most), the encoder's copy and the encoded file, and a
 # band of float rows (a row of tiles).
 STREAMED_BYTES_PER_OUTPUT_PIXEL = 16
@@ -346,8 +331,9 @@ def _report_view(on_tile: Callable[[int, int], None], index: int, views: int, do
 
 def load_upscaler(model: str, scale: float | None = None, device: str = "auto", precision: str = "auto",
                   overlap: int | None = None, threads: int | None = None, tta: bool = False,
-                  color_fix: bool = False) -> Upscaler:
-    """Load `model` (a name, `bicubic`, or a .safetensors path) onto `device` at `precision`.
+                  color_fix: bool = False, backend: str = "torch") -> Upscaler:
+    """Load `model` (a name, `bicubic`, or a .safetensors path) onto `device` at `precision`, to run on
+    `backend` (`openvino_backend.BACKENDS`: `auto` is OpenVINO where it is installed and runs the model).
 
     `tta` (the 8-view self-ensemble) is refused for stochastic models: averaging views of samples would
     blur the very detail a sample draws. `color_fix` is refused for image-to-image models: there is no
@@ -368,6 +354,8 @@ def load_upscaler(model: str, scale: float | None = None, device: str = "auto", 
         raise ValueError(f"--tta is for deterministic models; {info.arch} draws samples (--tau 0 gives its mean)")
     if color_fix and descriptor.task != SUPER_RESOLUTION:
         raise ValueError(f"--color-fix is for super-resolution; {info.arch} is an {descriptor.task} model")
+    network, backend_note = network_for(backend, torch_device.type, info.arch, _facts(module, info, descriptor),
+                                        module, path, threads)
     return Upscaler(
         name=model if not looks_like_path(model) else (info.name or path.stem),
         scale=info.scale,
@@ -382,4 +370,15 @@ def load_upscaler(model: str, scale: float | None = None, device: str = "auto", 
         tta=tta,
         color_fix=color_fix,
         digest=weights_digest(path),
+        network=network,
+        backend_note=backend_note,
     )
+
+
+def _facts(module: nn.Module, info: CheckpointInfo, descriptor: ModelDescriptor) -> Facts | None:
+    """What another runtime needs to run this feed-forward network (None: the model is not one)."""
+    if not descriptor.feed_forward:
+        return None
+    size = descriptor.size_for(module.config)
+    return Facts(name=info.name or "", task=descriptor.task, scale=info.scale, multiple=size.multiple,
+                 minimum=size.minimum, overlap=descriptor.tile_overlap, bf16=descriptor.bf16)

@@ -94,3 +94,17 @@ def find_weights(name: str, scale: float | None) -> Path:
     exact = [w for w in candidates if w.scale == scale]
     above = [w for w in candidates if w.scale >= scale]
     return (exact or above or candidates[-1:])[0].path
+
+
+def weights_digest(path: Path) -> str:
+    """The first 8 hex digits of the SHA-256 of a checkpoint's tensor data: names the weights themselves,
+    unchanged when `record_metrics` rewrites the metadata in the header."""
+    import hashlib
+
+    with open(path, "rb") as handle:
+        header_length = int.from_bytes(handle.read(8), "little")
+        handle.seek(8 + header_length)
+        digest = hashlib.sha256()
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()[:8]

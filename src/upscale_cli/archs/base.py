@@ -172,6 +172,11 @@ class ModelDescriptor:
         return self.sampling is not None
 
     @property
+    def feed_forward(self) -> bool:
+        """A plain network from one image to one image, `module(image)`: what another runtime can run for us."""
+        return self.make_runner is None and not self.extra_inputs and self.describe_input is None
+
+    @property
     def default_tau(self) -> float | None:
         return None if self.sampling is None else self.sampling.default_tau
 

@@ -1,7 +1,10 @@
-"""The runner of every feed-forward model: the network applied to each batch of tiles."""
+"""The runners of every feed-forward model: the network (or its OpenVINO conversion) applied to each batch of tiles."""
 
 from __future__ import annotations
 
+from typing import Callable
+
+import numpy as np
 import torch
 from torch import nn
 
@@ -37,3 +40,16 @@ class NetworkRunner:
         with autocast(self.device, precision):
             out = self.module(image, **others)
         return out.float().cpu().contiguous()
+
+
+class OpenVinoRunner:
+    """Runs a feed-forward network's OpenVINO conversion (`openvino_backend.OpenVinoNetwork`) on tiles."""
+
+    def __init__(self, network: Callable[[np.ndarray, str], np.ndarray], scale: int) -> None:
+        self.network, self.scale = network, scale
+
+    def prepare(self, inputs: Inputs, max_pixels: int | None) -> object:
+        return None
+
+    def run_tile(self, tiles: Tiles, state: object, windows: list[Window], precision: str) -> torch.Tensor:
+        return torch.from_numpy(self.network(tiles[IMAGE].numpy(), precision))

@@ -21,6 +21,7 @@ from upscale_cli.cli.common import echo_err, visible
 from upscale_cli.cli.options import (DEVICE_HELP, FIXED_PRECISIONS, PRECISIONS, THREADS, device_item, one, shard_item,
                                      tile_item)
 from upscale_cli.errors import ExitCode, ImageWriteError, StopBatch, Terminated, UpscaleError
+from upscale_cli.openvino_backend import BACKENDS
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp"}
 NAME_FIELDS = {"stem": "x", "model": "m", "scale": "4", "ext": "png", "seed": "0", "tau": "0.8", "i": "0",
@@ -146,21 +147,38 @@ def load_model_for_cli(opts: dict[str, Any], report: Reporter, scale: float | No
     model, is a usage error.
 
     A precision this machine only emulates (bf16 on a CPU without native bf16) is allowed, with a warning.
+    With `--backend` auto or openvino and a cached conversion, the model loads without torch (torch comes
+    in later only if an image needs the tiler).
     """
-    from upscale_cli.device import emulated_bf16_warning
-    from upscale_cli.engine import load_upscaler
+    from upscale_cli.openvino_backend import cached_upscaler
+
+    backend = opts.get("backend", "torch")
+
+    def full() -> Any:
+        from upscale_cli.engine import load_upscaler
+
+        return load_upscaler(opts["model"], scale, opts["device"], opts["precision"], opts["tile_overlap"],
+                             opts["threads"], tta, color_fix, backend)
 
     try:
-        upscaler = load_upscaler(opts["model"], scale, opts["device"], opts["precision"], opts["tile_overlap"],
-                                 opts["threads"], tta, color_fix)
+        upscaler = None
+        if backend != "torch" and not (tta or color_fix):
+            upscaler = cached_upscaler(opts["model"], scale, opts["device"], opts["precision"], opts["threads"],
+                                       opts["tile_overlap"], full)
+        if upscaler is None:
+            upscaler = full()
+            from upscale_cli.device import emulated_bf16_warning
+
+            warning = emulated_bf16_warning(upscaler.device, upscaler.precision)
+            if warning:
+                report.warn(warning)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     if opts["tile"].isdigit() and int(opts["tile"]) <= upscaler.overlap:
         raise click.BadParameter(f"the tile ({opts['tile']}) must be larger than the overlap ({upscaler.overlap})",
                                  param_hint="--tile")
-    warning = emulated_bf16_warning(upscaler.device, upscaler.precision)
-    if warning:
-        report.warn(warning)
+    if upscaler.backend_note:
+        report.warn(upscaler.backend_note)
     return upscaler
 
 
@@ -354,6 +372,7 @@ def provenance(upscaler: Any, width: int, height: int, seed: int, tau: float | N
     parts += [f"strength {strength:g}"] if strength != 1.0 else []
     parts += [f"method {method}"] if method else []
     parts.append(upscaler.precision)
+    parts += [upscaler.backend] if upscaler.backend != "torch" else []
     if upscaler.stochastic:
         parts += [f"seed {seed}", f"tau {tau:g}"]
     return "; ".join(parts).encode("ascii", "backslashreplace").decode("ascii")
@@ -361,11 +380,11 @@ def provenance(upscaler: Any, width: int, height: int, seed: int, tau: float | N
 
 def same_settings(found: str | None, expected: str) -> bool:
     """Whether two `provenance` tags name the same weights, output size, options, seed and tau. The program
-    version and the precision may differ: they change the arithmetic, not the result a user asked for."""
+    version, the precision and the backend may differ: they change the arithmetic, not the result a user asked for."""
     def settings(tag: str | None) -> list[str] | None:
         if tag is None or not tag.startswith("upscale "):
             return None
-        return [p for p in tag.split("; ")[1:] if p not in FIXED_PRECISIONS]
+        return [p for p in tag.split("; ")[1:] if p not in FIXED_PRECISIONS and p not in BACKENDS]
 
     found_settings = settings(found)
     return found_settings is not None and found_settings == settings(expected)

@@ -18,6 +18,7 @@ from upscale_cli.cli.common import run_guarded
 from upscale_cli.cli.options import one, scale_item
 from upscale_cli.cli.progress import BatchProgress
 from upscale_cli.errors import ImageWriteError
+from upscale_cli.openvino_backend import BACKENDS, INSTALL_HINT
 
 DEFAULT_NAME = "{stem}_x{scale}.{ext}"
 
@@ -47,6 +48,10 @@ DEFAULT_NAME = "{stem}_x{scale}.{ext}"
 @click.option("--seg-class", metavar="NAME",
               help="One class of the semantic prior everywhere (e.g. sky, grass, building, water): texture "
                    "steered by hand. Same as --input prior=class:NAME.")
+@click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True, envvar="UPSCALE_BACKEND",
+              show_envvar=True,
+              help="What runs the network on the CPU: auto is OpenVINO where it is installed "
+                   f"({INSTALL_HINT}) and converts the model (once, cached), else torch.")
 @output_options(DEFAULT_NAME)
 def upscale(**opts: Any) -> None:
     """Upscale images: files, folders (-r for subfolders), glob patterns, or '-' for stdin.
@@ -98,7 +103,8 @@ def _run(opts: dict[str, Any]) -> int:
             upscaler.check_extra_names(opts["extras"])
         except ValueError as exc:
             raise click.UsageError(str(exc)) from None
-        report.note(f"{upscaler.name} (x{upscaler.scale}) on {upscaler.device}, {upscaler.precision}, "
+        report.note(f"{upscaler.name} (x{upscaler.scale}) on {upscaler.device}, {upscaler.precision}"
+                    f"{', openvino' if upscaler.backend == 'openvino' else ''}, "
                     f"tile {opts['tile']}, overlap {upscaler.overlap}{', 8-view tta' if upscaler.tta else ''}"
                     f"{', color-fix' if upscaler.color_fix else ''}; "
                     f"{len(jobs)} image(s)")
