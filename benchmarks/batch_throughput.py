@@ -4,7 +4,7 @@
 
 `count` centre crops of size x size px from distinct photos of ../shared/data/train (PNG, in a temporary
 folder). Pure compute: one process decodes them all first, warms up on one, then times `Upscaler.upscale`
-on each array. Command: `upscale FOLDER -m MODEL -o OUT -q --json` timed whole in a fresh process (start-up,
+on each array. Command: `upscale FOLDER -m MODEL -o OUT --backend torch -q --json` (the engine's backend) timed whole in a fresh process (start-up,
 decode, run, encode, write), its summary checked. The figure is the command's images per second as a
 share of the compute's, measured in one run.
 """
@@ -78,7 +78,7 @@ def main() -> None:
         compute_seconds = json.loads(done.stdout.strip().splitlines()[-1])["seconds"]
         start = time.perf_counter()
         command = subprocess.run([sys.executable, "-m", "upscale_cli", str(inputs), "-m", args.model, "-o", str(outputs),
-                                  "-q", "--json"], capture_output=True, text=True)
+                                  "--backend", "torch", "-q", "--json"], capture_output=True, text=True)
         command_seconds = time.perf_counter() - start
         summary = json.loads(command.stdout.strip().splitlines()[-1])["summary"]
         written = len(list(outputs.iterdir()))
