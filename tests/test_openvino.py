@@ -137,6 +137,25 @@ def test_a_cached_small_image_is_upscaled_without_importing_torch(tmp_path: Path
     assert software.endswith("; openvino") and "#" in software
 
 
+def test_a_signal_after_networks_are_dropped_reaches_its_handler(tmp_path: Path) -> None:
+    """Each OpenVINO Core swaps the main thread's signal stack; two Cores destroyed in the order they were
+    made left it on freed memory, and the next Ctrl-C or SIGTERM crashed the process instead of stopping it."""
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+    paths = [save_small("srresnet", tmp_path / "a"), save_small("srresnet", tmp_path / "b", seed=1)]
+    script = ("import gc, os, signal, sys, numpy as np\n"
+              "from upscale_cli.engine import load_upscaler\n"
+              "signal.signal(signal.SIGTERM, lambda *_: print('handled', flush=True))\n"
+              "runs = [load_upscaler(p, backend='openvino') for p in sys.argv[1:]]\n"
+              "assert [run.backend for run in runs] == ['openvino'] * 2\n"
+              "for run in runs:\n    run.upscale(np.zeros((16, 16, 3), np.float32), 32, 32)\n"
+              "del run\nwhile runs:\n    del runs[0]\n    gc.collect()\n"
+              "junk = [bytearray(1 << 16) for _ in range(4000)]\n"
+              "os.kill(os.getpid(), signal.SIGTERM)\nprint('after')\n")
+    done = subprocess.run([sys.executable, "-c", script, *map(str, paths)], capture_output=True, text=True)
+    assert (done.returncode, done.stdout.split()) == (0, ["handled", "after"]), done.stderr[-2000:]
+
+
 class FakeNetwork:
     """Stands in for an OpenVINO network: doubles each pixel, or gives NaN at the precisions in `broken`."""
 

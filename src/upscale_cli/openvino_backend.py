@@ -12,6 +12,7 @@ Larger images go through the tiler with `OpenVinoRunner`, so every tiler guarant
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import json
@@ -74,16 +75,24 @@ class Facts:
     bf16: bool  # whether `--precision auto` may pick bf16
 
 
+@functools.cache
+def _core() -> Any:
+    """The process's one OpenVINO Core, kept until exit. Each Core's CPU plugin swaps in a signal stack of its
+    own for the main thread and puts back the one it found when destroyed; two Cores destroyed in the order
+    they were made (OpenVINO 2026.4) leave the main thread on freed memory, and the next signal (Ctrl-C,
+    SIGTERM) kills the process."""
+    import openvino as ov
+
+    return ov.Core()
+
+
 class OpenVinoNetwork:
     """A converted network, compiled for the CPU once for each precision it is asked to run at."""
 
     def __init__(self, xml: Path, facts: Facts, threads: int | None = None) -> None:
-        import openvino as ov
-
         self.facts, self.threads = facts, threads
-        self.core = ov.Core()
-        self.core.set_property({"CACHE_DIR": str(xml.parent / "compiled")})
-        self.model = self.core.read_model(str(xml))
+        self.compiled_folder = xml.parent / "compiled"
+        self.model = _core().read_model(str(xml))
         self._compiled: dict[str, Any] = {}
 
     def __call__(self, batch: np.ndarray, precision: str) -> np.ndarray:
@@ -91,10 +100,11 @@ class OpenVinoNetwork:
         import numpy as np
 
         if precision not in self._compiled:
-            config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": _HINTS[precision]}
+            config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": _HINTS[precision],
+                                      "CACHE_DIR": str(self.compiled_folder)}
             if self.threads:
                 config["INFERENCE_NUM_THREADS"] = self.threads
-            self._compiled[precision] = self.core.compile_model(self.model, "CPU", config)
+            self._compiled[precision] = _core().compile_model(self.model, "CPU", config)
         output = self._compiled[precision](np.ascontiguousarray(batch, dtype=np.float32))[0]
         return np.asarray(output, dtype=np.float32)
 
