@@ -10,6 +10,7 @@ import click
 from upscale_cli.archs.catalog import DEFAULT_STYLIZER, TRANSFER_METHODS
 from upscale_cli.cli.batch import check_output_usage, load_model_for_cli, output_options, start_batch
 from upscale_cli.cli.common import run_guarded
+from upscale_cli.cli.pipeline import OrderedWrites
 from upscale_cli.cli.progress import BatchProgress
 
 DEFAULT_NAME = "{stem}_{style}.{ext}"
@@ -56,11 +57,11 @@ def _run(opts: dict[str, Any]) -> int:
         report.note(f"{upscaler.name} on {upscaler.device}, {len(jobs)} image(s) x {len(opts['styles'])} style(s), "
                     f"strength {opts['strength']:g}, method {opts['method'] or 'its own'}")
         with BatchProgress(len(jobs) * len(opts["styles"]), enabled=report.show_progress) as progress, \
-                report.running():
+                report.running(), OrderedWrites(report, progress) as writes:
             report.printer = progress.print
             for job in jobs:
                 for style in opts["styles"]:
                     job_opts = {**settings, "extras": {STYLE_INPUT: style}}
-                    report.add(_process(job, upscaler, job_opts, progress, report, {"style": Path(style).stem}))
-                    progress.advance_file()
+                    writes.add(_process(job, upscaler, job_opts, progress, report, writes,
+                                        {"style": Path(style).stem}))
     return report.finish()

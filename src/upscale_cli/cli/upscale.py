@@ -16,6 +16,7 @@ from upscale_cli.archs.base import RunOptions
 from upscale_cli.archs.catalog import DEFAULT_MODEL
 from upscale_cli.cli.common import run_guarded
 from upscale_cli.cli.options import one, scale_item
+from upscale_cli.cli.pipeline import OrderedWrites, Pending
 from upscale_cli.cli.progress import BatchProgress
 from upscale_cli.errors import ImageWriteError
 from upscale_cli.openvino_backend import BACKENDS, INSTALL_HINT
@@ -108,11 +109,11 @@ def _run(opts: dict[str, Any]) -> int:
                     f"tile {opts['tile']}, overlap {upscaler.overlap}{', 8-view tta' if upscaler.tta else ''}"
                     f"{', color-fix' if upscaler.color_fix else ''}; "
                     f"{len(jobs)} image(s)")
-        with BatchProgress(len(jobs), enabled=report.show_progress) as progress, report.running():
+        with BatchProgress(len(jobs), enabled=report.show_progress) as progress, report.running(), \
+                OrderedWrites(report, progress) as writes:
             report.printer = progress.print
             for job in jobs:
-                report.add(_process(job, upscaler, opts, progress, report))
-                progress.advance_file()
+                writes.add(_process(job, upscaler, opts, progress, report, writes))
     return report.finish()
 
 
@@ -129,9 +130,9 @@ def shorter_side(image: Any, size: int) -> Any:
 
 
 def _process(job: Job, upscaler: Any, opts: dict[str, Any], progress: BatchProgress, report: Reporter,
-             name_fields: dict[str, str] | None = None) -> Outcome:
-    """Read, upscale, encode and write one image; every failure becomes an Outcome, never an exception.
-    `name_fields` are more fields for the name template (stylize's {style})."""
+             writes: OrderedWrites, name_fields: dict[str, str] | None = None) -> Pending:
+    """Read and upscale one image, and have `writes` encode and write it; every failure becomes an Outcome,
+    never an exception. `name_fields` are more fields for the name template (stylize's {style})."""
     from upscale_cli.image_io import colour_planes, extension, output_depth, output_format, read_image
 
     started = time.perf_counter()
@@ -166,6 +167,7 @@ def _process(job: Job, upscaler: Any, opts: dict[str, Any], progress: BatchProgr
                             verbose_only=True)
         strength, method = opts.get("strength", 1.0), opts.get("method")
         made_by = provenance(upscaler, out_w, out_h, seed, tau, opts["extras"], strength, method)
+        writes.settle(path)
         why = existing_output(path, opts, made_by)
         if why is not None:
             return skipped(job.label, shown, why, extra)
@@ -180,11 +182,18 @@ def _process(job: Job, upscaler: Any, opts: dict[str, Any], progress: BatchProgr
                                   options=RunOptions(seed, tau, extras, strength, method),
                                   convert=partial(colour_planes, grayscale=image.grayscale,
                                                   depth=output_depth(fmt, image.bit_depth)))
-        raced = write_output(path, planes, image, fmt, opts, made_by)
+    except JOB_ERRORS as exc:
+        return failed_outcome(job.label, exc, opts["verbose"])
+
+    def finish() -> Outcome:
+        try:
+            raced = write_output(path, planes, image, fmt, opts, made_by)
+        except JOB_ERRORS as exc:
+            return failed_outcome(job.label, exc, opts["verbose"])
         progress.image_done(out_w * out_h)
         if raced:
             return skipped(job.label, shown, raced, extra)
         extra["seconds"] = round(time.perf_counter() - started, 3)
         return Outcome(job.label, "ok", shown, extra=extra)
-    except JOB_ERRORS as exc:
-        return failed_outcome(job.label, exc, opts["verbose"])
+
+    return writes.later(finish, path, out_w * out_h)
