@@ -15,7 +15,6 @@ from PIL import Image
 import upscale_cli.image_io as image_io
 from conftest import smooth_image
 from upscale_cli.cli import cli, pipeline
-from upscale_cli.errors import ExitCode
 
 
 def invoke(*args: object):

@@ -460,8 +460,9 @@ def test_a_streamed_output_equals_the_whole_float_output_converted(arch_id: str,
 
 
 @pytest.mark.parametrize("arch_id", ALL_ARCHITECTURES)
-def test_batchnorm_folded_at_load_changes_no_output(arch_id: str, tmp_path: Path, monkeypatch) -> None:
-    """`load_upscaler` folds BatchNorm into convolutions (#26): the same outputs as the network as trained."""
+def test_inference_rewrites_at_load_change_no_output(arch_id: str, tmp_path: Path, monkeypatch) -> None:
+    """`load_upscaler` rewrites the network for inference (#26: BatchNorm folded, activations in place, the
+    architecture's own rewrite): the same outputs as the network as trained."""
     import upscale_cli.engine as engine
     from test_rewrite import randomise_statistics
 
@@ -475,7 +476,7 @@ def test_batchnorm_folded_at_load_changes_no_output(arch_id: str, tmp_path: Path
     assert not any(isinstance(m, nn.BatchNorm2d) and isinstance(prev, nn.Conv2d)
                    for seq in folded.module.modules() if isinstance(seq, nn.Sequential)
                    for prev, m in zip(seq, list(seq)[1:]))
-    monkeypatch.setattr(engine, "fold_batchnorm", lambda module: 0)
+    monkeypatch.setattr(engine, "prepare_for_inference", lambda module, for_inference: None)
     plain = load_upscaler(str(path), device="cpu", precision="fp32")
     size = (18 * folded.scale, 20 * folded.scale)
     np.testing.assert_allclose(folded.upscale(rgb, *size, "none", options=options),

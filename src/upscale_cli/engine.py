@@ -33,7 +33,7 @@ from upscale_cli.image_io import lanczos_resize
 from upscale_cli.models import BICUBIC, find_weights, looks_like_path, weights_digest
 from upscale_cli.openvino_backend import Facts, OpenVinoNetwork, network_for
 from upscale_cli.resize import imresize
-from upscale_cli.rewrite import fold_batchnorm
+from upscale_cli.rewrite import prepare_for_inference
 from upscale_cli.sizes import OutputSizes
 from upscale_cli.tiler import TileInput, TileSpec, auto_tile_size, available_memory, upscale_tiled
 
@@ -348,8 +348,8 @@ def load_upscaler(model: str, scale: float | None = None, device: str = "auto", 
     if is_foreign(path):  # another project's file: converted once, cached by its digest
         path = cached_conversion(path)
     module, info = load_model(path)
-    fold_batchnorm(module)
     descriptor = get_architecture(info.arch)
+    prepare_for_inference(module, descriptor.for_inference)
     if tta and descriptor.stochastic:
         raise ValueError(f"--tta is for deterministic models; {info.arch} draws samples (--tau 0 gives its mean)")
     if color_fix and descriptor.task != SUPER_RESOLUTION:

@@ -139,6 +139,8 @@ class ModelDescriptor:
     `likelihood(model, hr, lr, device=, seed=)`: density models' NLL of an HR image in bits per dimension.
     `describe_input(model, image)`: what the model estimates about an input image (1, 3, H, W) as named
     numbers (a blind model's blur and noise estimates), shown by `--verbose` and kept by `--json`.
+    `for_inference(model)`: the architecture's own exact rewrite of a loaded network that will only run
+    inference (`rewrite.convolve_before_shuffle` where its forward has that pattern), applied at load.
     `small_config`: a cheap configuration for the registry-driven tests.
     """
 
@@ -161,6 +163,7 @@ class ModelDescriptor:
     describe_input: Callable[[Any, Any], dict[str, float]] | None = None
     size_of: Callable[[Any], SizeRequirements] | None = None  # when the size requirements follow the config
     recognise: Callable[[Mapping[str, Any]], Recognised | None] | None = None  # other projects' state dicts
+    for_inference: Callable[[Any], None] | None = None
     small_config: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

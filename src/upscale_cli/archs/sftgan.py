@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from upscale_cli.archs.base import AT_OUTPUT, ExtraInput, ModelDescriptor, Recognised, unexpected_tensors
+from upscale_cli.rewrite import convolve_tail_before_shuffle
 
 CLASSES = ("background", "sky", "water", "grass", "mountain", "building", "plant", "animal")
 CONDITION_CHANNELS = 32
@@ -231,6 +232,7 @@ DESCRIPTOR = ModelDescriptor(
                              load=lambda value, height, width: prior_from(value, height, width),
                              default=lambda image: estimate_prior(image)),),
     recognise=recognise,
+    for_inference=convolve_tail_before_shuffle,  # the srresnet variant's 9x9 RGB tail, before the last shuffle
     small_config={"scale": 4, "channels": 8, "blocks": 2},
 )
 

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from upscale_cli.archs.base import ModelDescriptor, Recognised, unexpected_tensors
+from upscale_cli.rewrite import convolve_tail_before_shuffle
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,7 @@ class ResidualBlock(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.body(x)
+        return self.body(x).add_(x)  # in place on the body's fresh output: one map less to allocate and fault in
 
 
 class SRResNet(nn.Module):
@@ -150,5 +151,6 @@ DESCRIPTOR = ModelDescriptor(
     # about 2 * scale^2 * C floats per LR pixel) plus the LR trunk, doubled for allocator slack.
     bytes_per_input_pixel=lambda cfg: 2 * 4 * cfg.channels * (4 + 2 * cfg.scale**2),
     recognise=recognise,
+    for_inference=convolve_tail_before_shuffle,  # the 9x9 RGB tail, before the last shuffle
     small_config={"scale": 4, "channels": 8, "blocks": 2},
 )
