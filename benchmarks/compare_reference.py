@@ -1,12 +1,15 @@
 """upscale against a plain PyTorch reference and OpenVINO on the same weights, each case a fresh process (#26).
 
-    python benchmarks/compare_reference.py [--models srresnet srgan] [--sizes 64 256 1024] [--json OUT.json]
+    python benchmarks/compare_reference.py [--models srresnet srgan sftgan artflow] [--sizes 64 256 1024]
+                                           [--json OUT.json]
 
 Cases, per shipped model and input size (crops of a real photo, ../shared/data/train/sunhays80/img_057.png,
-928 x 1024 px: the largest photo there, so "1024 px" is its whole 928 x 1024):
+928 x 1024 px: the largest photo there, so "1024 px" is its whole 928 x 1024). A model's extra inputs are
+what its descriptor computes from the image (sftgan's automatic prior, inside each timed case) or, where it
+computes none, the values in EXTRA_VALUES (artflow's style: a painting of ../shared/data/style):
 
 * reference: what research scripts do: the network in fp32, NCHW, on the whole image, under no_grad;
-* engine: `load_upscaler` with its defaults (precision auto, BatchNorm folded, tiles auto), on the array;
+* engine: `load_upscaler` with its defaults (precision auto, the inference rewrites of `rewrite.py`, tiles auto), on the array;
   engine-openvino: the same with `backend="openvino"` (the converted network run by the tiler);
 * command: the whole `upscale IN.png -m MODEL -o OUT.png --backend torch` (import, decode, run, encode, write);
   command-openvino: the same with `--backend openvino` and the conversion already cached (a first run on a
@@ -33,7 +36,9 @@ from pathlib import Path
 
 import numpy as np
 
-PHOTO = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "train" / "sunhays80" / "img_057.png"
+SHARED = Path(__file__).resolve().parents[1] / ".." / "shared"
+PHOTO = SHARED / "data" / "train" / "sunhays80" / "img_057.png"
+EXTRA_VALUES = {"style": str(SHARED / "data" / "style" / "vangogh_church_auvers.jpg")}
 COMPUTE_CASES = ("reference", "engine", "engine-openvino", "openvino")
 COMMAND_BACKENDS = {"command": "torch", "command-openvino": "openvino"}
 
@@ -52,10 +57,25 @@ def crop(size: int, folder: Path) -> Path:
 
 # ----- one case, in its own process --------------------------------------------------------------------
 
+def given_extras(descriptor) -> dict[str, str]:
+    """The values this script gives for a model's extra inputs that it cannot compute from the image."""
+    return {extra.name: EXTRA_VALUES[extra.name] for extra in descriptor.extra_inputs if extra.default is None}
+
+
+def extra_tensors(descriptor, image):
+    """A model's extra inputs for `image` (1, 3, h, w), by name, in the order its forward takes them: computed
+    from the image by the descriptor where it can, else loaded from EXTRA_VALUES."""
+    values = given_extras(descriptor)
+    return {extra.name: extra.default(image) if extra.default is not None
+            else extra.load(values[extra.name], *image.shape[-2:]) for extra in descriptor.extra_inputs}
+
+
 def run_case(case: str, model: str, image_path: Path, out_path: Path) -> dict:
     """Run one compute case; save its float output (.npy) and return its timing."""
     import torch
 
+    from upscale_cli.archs import get_architecture
+    from upscale_cli.archs.base import RunOptions
     from upscale_cli.checkpoint import load_model
     from upscale_cli.engine import load_upscaler
     from upscale_cli.image_io import read_image
@@ -68,24 +88,32 @@ def run_case(case: str, model: str, image_path: Path, out_path: Path) -> dict:
     if case.startswith("engine"):
         upscaler = load_upscaler(model, device="cpu", backend="openvino" if case == "engine-openvino" else "torch")
         scale = upscaler.scale
-        upscaler.upscale(warm[0].permute(1, 2, 0).numpy(), 64 * scale, 64 * scale)
+        options = RunOptions(extras=upscaler.load_extras(given_extras(upscaler.descriptor), *rgb.shape[:2]))
+        upscaler.upscale(warm[0].permute(1, 2, 0).numpy(), 64 * scale, 64 * scale, options=options)
         start = time.perf_counter()
-        out = upscaler.upscale(rgb, rgb.shape[1] * scale, rgb.shape[0] * scale)
+        out = upscaler.upscale(rgb, rgb.shape[1] * scale, rgb.shape[0] * scale, options=options)
         seconds = time.perf_counter() - start
         detail = f"precision {upscaler.precision}, backend {upscaler.backend}"
     else:
         module, info = load_model(find_weights(model, None))
         module = module.eval()
+        descriptor = get_architecture(info.arch)
         if case == "reference":
-            forward, detail = module, "fp32 NCHW, whole image, no_grad"
+            network, detail = module, "fp32 NCHW, whole image, no_grad"
         else:
             import openvino as ov
 
             fold_batchnorm(module)
-            converted = ov.convert_model(module, example_input=warm, input=[1, 3, -1, -1])
+            example = extra_tensors(descriptor, warm)
+            converted = ov.convert_model(module, example_input=(warm, *example.values()),
+                                         input=[[1, 3, -1, -1]] + [[1, t.shape[1], -1, -1] for t in example.values()])
             compiled = ov.Core().compile_model(converted, "CPU")
-            forward = lambda x: torch.from_numpy(compiled(x.numpy())[0])  # noqa: E731
+            network = lambda x, *extras: torch.from_numpy(compiled([x.numpy(), *(e.numpy() for e in extras)])[0])  # noqa: E731
             detail = f"OpenVINO {ov.__version__}, defaults (inference precision {compiled.get_property('INFERENCE_PRECISION_HINT')})"
+
+        def forward(image: torch.Tensor) -> torch.Tensor:
+            return network(image, *extra_tensors(descriptor, image).values())
+
         with torch.no_grad():
             forward(warm)
             start = time.perf_counter()
@@ -128,6 +156,14 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return math.inf if mse == 0 else 10 * math.log10(1 / mse)
 
 
+def command_extras(model: str) -> dict[str, str]:
+    from upscale_cli.archs import get_architecture
+    from upscale_cli.checkpoint import read_info
+    from upscale_cli.models import find_weights
+
+    return given_extras(get_architecture(read_info(find_weights(model, None)).arch))
+
+
 def measure(model: str, image: Path, folder: Path) -> list[dict]:
     rows, outputs = [], {}
     for case in COMPUTE_CASES:
@@ -147,7 +183,9 @@ def measure(model: str, image: Path, folder: Path) -> list[dict]:
 
     for case, backend in COMMAND_BACKENDS.items():
         written = folder / f"{model}_{image.stem}_{case}.png"
-        command = [sys.executable, "-m", "upscale_cli", "-m", model, "--backend", backend, "--overwrite", "--quiet"]
+        given = [f"--input={name}={value}" for name, value in command_extras(model).items()]
+        command = [sys.executable, "-m", "upscale_cli", "-m", model, "--backend", backend, "--overwrite", "--quiet",
+                   *given]
         if backend != "torch":  # convert (and compile) once, untimed, as a user's first run would
             in_fresh_process([*command, str(folder / "in16.png"), "-o", str(folder / "warm.png")])
         _, wall, rss = in_fresh_process([*command, str(image), "-o", str(written)])
@@ -169,7 +207,7 @@ def measure(model: str, image: Path, folder: Path) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=["srresnet", "srgan"])
+    parser.add_argument("--models", nargs="+", default=["srresnet", "srgan", "sftgan", "artflow"])
     parser.add_argument("--sizes", nargs="+", type=int, default=[64, 256, 1024])
     parser.add_argument("--json", type=Path)
     parser.add_argument("--case", choices=COMPUTE_CASES, help=argparse.SUPPRESS)

@@ -96,6 +96,43 @@ def test_tiled_stylisation_equals_untiled(tmp_path) -> None:
     np.testing.assert_allclose(tiled, whole, atol=1e-4, rtol=0)
 
 
+def test_an_image_in_one_tile_is_projected_once_and_auto_tiles_are_large_on_a_cpu(tmp_path, monkeypatch) -> None:
+    """The statistics pass's latent is reused when the transfer pass runs the same tile (#26: a third of
+    the work of a whole image); tiles of other contents are projected afresh."""
+    from dataclasses import asdict
+
+    import numpy as np
+
+    import upscale_cli.engine as engine
+    from upscale_cli.archs.base import RunOptions
+    from upscale_cli.checkpoint import CheckpointInfo, save_checkpoint
+    from upscale_cli.cpu import CPU_LARGEST_AUTO_TILE
+
+    flow = model(flows=1)
+    path = tmp_path / "style_x1.safetensors"
+    save_checkpoint(path, flow, CheckpointInfo("artflow", 1, asdict(flow.config), name="style_x1"))
+    upscaler = engine.load_upscaler(str(path), device="cpu", precision="fp32", overlap=4)
+    projections = []
+    original = ArtFlow.project
+    monkeypatch.setattr(ArtFlow, "project", lambda self, image: projections.append(image.shape) or original(self, image))
+    generator = torch.Generator().manual_seed(5)
+    content, style = torch.rand(1, 3, 40, 36, generator=generator), images(4)[1]
+    rgb = np.ascontiguousarray(content[0].permute(1, 2, 0).numpy())
+    options = RunOptions(extras={"style": style})
+    whole = upscaler.upscale(rgb, 36, 40, "none", options=options)
+    assert len(projections) == 2  # the style once, the content once
+    with torch.no_grad():
+        expected = flow(content, style)[0].permute(1, 2, 0).numpy()
+    np.testing.assert_allclose(whole, expected, atol=1e-4, rtol=0)
+    projections.clear()
+    upscaler.upscale(rgb, 36, 40, "16", options=options)
+    tiles = len(projections) - 1
+    assert tiles >= 4 and tiles % 2 == 0  # several tiles: each projected in both passes, none reused wrongly
+    monkeypatch.setattr(engine, "available_memory", lambda device: 2**40)
+    assert upscaler.choose_tile("auto", 1024, 1000) is None  # whole, where other models get cache-sized tiles
+    assert CPU_LARGEST_AUTO_TILE < upscaler.choose_tile("auto", 2048, 900) <= 1024
+
+
 def test_a_style_image_is_given_on_the_command_line(tmp_path) -> None:
     from dataclasses import asdict
 

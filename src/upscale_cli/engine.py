@@ -139,7 +139,9 @@ class Upscaler(OutputSizes):
             return None
         if spec != "auto":
             return int(spec)
-        largest = (GPU_LARGEST_AUTO_TILE if self.device.type != "cpu" else CPU_LARGEST_AUTO_TILE if self.network is None
+        assert self.descriptor is not None
+        cpu_largest = self.descriptor.cpu_auto_tile or CPU_LARGEST_AUTO_TILE
+        largest = (GPU_LARGEST_AUTO_TILE if self.device.type != "cpu" else cpu_largest if self.network is None
                    else OPENVINO_LARGEST_AUTO_TILE)
         tile = auto_tile_size(self.bytes_per_input_pixel, available_memory(self.device), self.overlap, self.precision,
                               maximum=largest)

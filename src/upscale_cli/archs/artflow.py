@@ -185,12 +185,24 @@ class ArtFlowRunner:
         self.device = device
         self.strength = strength
         self.factor = 1 / model.config.multiple
+        self.last_projection: tuple[torch.Tensor, torch.Tensor] | None = None  # (tiles, latent) of the last reduce
+
+    def _project(self, tiles: torch.Tensor) -> torch.Tensor:
+        """The latent of `tiles`, reusing the statistics pass's when these are its tiles: an image that fits
+        one tile is projected once, not twice (the flow's forward is half the cost of a run)."""
+        if self.last_projection is not None and self.last_projection[0].shape == tiles.shape:
+            seen, latent = self.last_projection
+            self.last_projection = None
+            if torch.equal(seen, tiles):
+                return latent
+        return self.model.project(tiles.to(self.device))
 
     def prepare(self, inputs: Inputs, max_pixels: int | None) -> dict:
         return {"style": self.model.image_statistics(inputs["style"].tensor.to(self.device))}
 
     def reduce_tile(self, tiles: Tiles, state: object, windows: list[Window], precision: str) -> dict[str, torch.Tensor]:
         latent = self.model.project(tiles[IMAGE].to(self.device))
+        self.last_projection = (tiles[IMAGE], latent)
         per_window = []
         for index, window in enumerate(windows):
             rows, cols = region_of(window, self.factor)
@@ -206,7 +218,7 @@ class ArtFlowRunner:
     @torch.inference_mode()
     def run_tile(self, tiles: Tiles, state: object, windows: list[Window], precision: str) -> torch.Tensor:
         assert isinstance(state, dict) and "content" in state, "run the statistics pass first"
-        latent = self.model.project(tiles[IMAGE].to(self.device))
+        latent = self._project(tiles[IMAGE])
         batch = latent.shape[0]
         expand = lambda stats: {k: v.expand(batch, *v.shape[1:]) for k, v in stats.items()}  # noqa: E731
         moved = self.model.transfer(latent, expand(state["content"]), expand(state["style"]))
@@ -334,6 +346,9 @@ DESCRIPTOR = ModelDescriptor(
     bf16=False,
     fp16=False,
     tile_overlap=64,
+    # Two passes over every tile (statistics, then transfer) with 64 px overlaps: fewer, larger tiles pay, and an
+    # image in one tile is projected once (928 x 1024 photo, 2 AMD EPYC cores: 512 px tiles 20.1 s, whole 12.9 s).
+    cpu_auto_tile=1024,
     make_runner=make_runner,
     initialize=initialize_from,
     small_config={"blocks": 2, "flows": 1, "hidden": 8},

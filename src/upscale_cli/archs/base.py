@@ -139,6 +139,8 @@ class ModelDescriptor:
     `likelihood(model, hr, lr, device=, seed=)`: density models' NLL of an HR image in bits per dimension.
     `describe_input(model, image)`: what the model estimates about an input image (1, 3, H, W) as named
     numbers (a blind model's blur and noise estimates), shown by `--verbose` and kept by `--json`.
+    `cpu_auto_tile`: the largest tile `--tile auto` picks for this model on a CPU (None: the CPU default,
+    `cpu.CPU_LARGEST_AUTO_TILE`), for models whose runners gain more from fewer tiles than from cache-sized ones.
     `for_inference(model)`: the architecture's own exact rewrite of a loaded network that will only run
     inference (`rewrite.convolve_before_shuffle` where its forward has that pattern), applied at load.
     `small_config`: a cheap configuration for the registry-driven tests.
@@ -157,6 +159,7 @@ class ModelDescriptor:
     bf16: bool = True
     fp16: bool = True
     tile_overlap: int = 16  # default overlap in input px: feathering hides seams well before the full radius
+    cpu_auto_tile: int | None = None
     make_runner: RunnerFactory | None = None
     initialize: Callable[[Any, Any], None] | None = None
     likelihood: Callable[..., float] | None = None
