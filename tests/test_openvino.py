@@ -79,6 +79,10 @@ def test_a_conversion_is_cached_and_made_again_when_the_weights_change(tmp_path:
                 .upscale(rgb, 32, 32)) > 40
     assert not np.array_equal(changed.upscale(rgb, 32, 32), first.upscale(rgb, 32, 32))
 
+    monkeypatch.setattr(openvino_backend, "NETWORK_FORM", openvino_backend.NETWORK_FORM + 1)  # new rewrites
+    load_upscaler(str(path), backend="openvino")
+    assert len(conversions) == 3
+
 
 def test_a_half_written_cache_entry_is_never_used(tmp_path: Path) -> None:
     path = save_small("srresnet", tmp_path)

@@ -42,6 +42,11 @@ def installed() -> bool:
     return importlib.util.find_spec("openvino") is not None
 
 
+# The form of the network handed to OpenVINO, raised whenever `rewrite.prepare_for_inference` changes it
+# (2: the RGB tail before the last shuffle, in-place activations), so that older conversions are made again.
+NETWORK_FORM = 2
+
+
 def cache_folder() -> Path:
     """$XDG_CACHE_HOME/upscale/openvino: converted models and OpenVINO's compiled forms of them."""
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
@@ -49,13 +54,14 @@ def cache_folder() -> Path:
 
 
 def cache_key(checkpoint: Path) -> str:
-    """The cache name of a checkpoint's conversion: any change to the file, to this program or to OpenVINO
-    gives a new one, so a stale conversion is never run."""
+    """The cache name of a checkpoint's conversion: any change to the file, to this program (its version, or
+    the form of the network it converts) or to OpenVINO gives a new one, so a stale conversion is never run."""
     from importlib.metadata import version
 
     from upscale_cli import __version__
 
-    digest = hashlib.sha256(f"upscale {__version__}; openvino {version('openvino')};".encode())
+    names = f"upscale {__version__}; network form {NETWORK_FORM}; openvino {version('openvino')};"
+    digest = hashlib.sha256(names.encode())
     with open(checkpoint, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 22), b""):
             digest.update(block)

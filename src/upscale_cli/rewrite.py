@@ -27,7 +27,8 @@ _CHANNEL_BLIND = (nn.Identity, nn.ReLU, nn.LeakyReLU)
 @torch.no_grad()
 def prepare_for_inference(model: nn.Module, for_inference: Callable[[nn.Module], None] | None = None) -> None:
     """Apply every rewrite to an eval-mode `model` that will only run inference from now on: BatchNorm
-    folding, the architecture's own rewrite (`for_inference`, from its descriptor), then in-place activations."""
+    folding, the architecture's own rewrite (`for_inference`, from its descriptor), then in-place activations.
+    A change to what this hands on must raise `openvino_backend.NETWORK_FORM` (cached conversions of it)."""
     fold_batchnorm(model)
     if for_inference is not None:
         for_inference(model)
