@@ -163,7 +163,7 @@ def _phase_conv(conv: nn.Conv2d, r: int) -> nn.Conv2d:
     reach = -(-radius // r)  # the largest |p|
     weight = conv.weight.double()
     phased = torch.zeros(conv.out_channels * r * r, conv.in_channels * r * r, 2 * reach + 1, 2 * reach + 1,
-                         dtype=torch.float64)
+                         dtype=torch.float64, device=weight.device)
     for a in range(r):
         for b in range(r):
             for dy in range(-radius, radius + 1):
