@@ -2,15 +2,17 @@
 
     python benchmarks/artflow_figures.py --model weights/artflow_adain.safetensors \
         [--content ../shared/data/val/Set14/HR] [--styles ../shared/data/style] [--size 256] [--json out.json]
-        [--record]
+        [--precision fp32|bf16] [--record]
 
-`--record` stores the summary (below) in the checkpoint's metadata under the content folder's dataset name.
+`--record` stores the summary (below) in the checkpoint's metadata under the content folder's dataset name
+(with `_bf16` appended for `--precision bf16`: the coupling networks in bf16, as `stylize` runs them on CPUs
+with native bf16).
 
 Every content and style image is first resized (MATLAB bicubic) so its shorter side is `--size` px, to
 keep the CPU time bounded, and cropped to a multiple of 4 px, the flow's squeeze factor: at other sizes
 the padding that `stylize` adds and crops away is lost between rounds, so a round trip is no longer exact
 (measured: 20.6-23.4 dB on the five Set14 images whose resized sides are not multiples of 4, against
-107-109 dB on the others). Figures are on the float outputs (not clipped or rounded to 8 bits), fp32.
+107-109 dB on the others). Figures are on the float outputs (not clipped or rounded to 8 bits).
 * invert: max |PFN^-1(PFN(C)) - C| over the contents.
 * round trip, for AdaIN and WCT (the same weights): stylise C with S, then the result with C as the style;
   PSNR (RGB, 0..255) against C, over every content x style pair.
@@ -34,6 +36,7 @@ import torch
 
 from upscale_cli.archs.artflow import ArtFlow, latent_sums, statistics
 from upscale_cli.checkpoint import load_model, record_metrics
+from upscale_cli.flows import param_nets_in
 from upscale_cli.metrics import psnr, rgb_to_y, ssim
 from upscale_cli.resize import imresize
 from upscale_cli.tiler import pad_to_multiple
@@ -66,9 +69,14 @@ def ssim_y(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def measure(model: ArtFlow, contents: dict, styles: dict, rounds: int) -> dict:
+def measure(model: ArtFlow, contents: dict, styles: dict, rounds: int, precision: str = "fp32") -> dict:
     wct = ArtFlow(dataclasses.replace(model.config, transfer="wct")).eval()
     wct.load_state_dict(model.state_dict())
+    with param_nets_in(model.pfn, precision), param_nets_in(wct.pfn, precision):
+        return _measure(model, wct, contents, styles, rounds)
+
+
+def _measure(model: ArtFlow, wct: ArtFlow, contents: dict, styles: dict, rounds: int) -> dict:
     nets = {name: loss_network(ArtFlowOptions(loss_net=name)) for name in ("stvgg", "random")}
     invert = max((model.revert(model.project(pad_to_multiple(c, 4)))[..., : c.shape[-2], : c.shape[-1]] - c)
                  .abs().max().item() for c in contents.values())
@@ -115,7 +123,7 @@ def summarise(figures: dict, args: argparse.Namespace) -> dict:
         summary |= {f"rounds_min_{key}": min(values), f"rounds_mean_{key}": sum(values) / len(values)}
     for net in ("stvgg", "random"):
         summary[f"style_closer_{net}"] = sum(p[net]["closer"] for p in pairs) / len(pairs)
-    return summary | {"rounds": args.rounds, "size": args.size, "pairs": len(pairs),
+    return summary | {"rounds": args.rounds, "size": args.size, "pairs": len(pairs), "precision": args.precision,
                       "command": "python " + shlex.join(sys.argv)}
 
 
@@ -126,6 +134,8 @@ def main() -> None:
     parser.add_argument("--styles", type=Path, default=Path("../shared/data/style"))
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                        help="bf16: the coupling networks in bf16, the flow's arithmetic in fp32")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--record", action="store_true", help="store the summary in the checkpoint's metadata")
     args = parser.parse_args()
@@ -133,7 +143,7 @@ def main() -> None:
     model, _ = load_model(args.model)
     contents = {p.stem: load_resized(p, args.size) for p in list_images(args.content)}
     styles = {p.stem: load_resized(p, args.size) for p in list_images(args.styles)}
-    figures = measure(model, contents, styles, args.rounds)
+    figures = measure(model, contents, styles, args.rounds, args.precision)
     pairs, summary = figures["pairs"], summarise(figures, args)
     print(f"invert: max error {summary['invert_max_error']:.2e}")
     for name in ("adain", "wct"):
@@ -147,8 +157,8 @@ def main() -> None:
         print(f"  {s_name}: " + ", ".join(f"{net} {sum(p[net]['closer'] for p in row)}/{len(row)}"
                                           for net in ("stvgg", "random")))
     if args.record:
-        record_metrics(args.model, args.content.parent.name if args.content.name == "HR" else args.content.name,
-                       summary)
+        dataset = args.content.parent.name if args.content.name == "HR" else args.content.name
+        record_metrics(args.model, dataset + ("_bf16" if args.precision == "bf16" else ""), summary)
         print(f"recorded the summary in {args.model}")
     if args.json:
         args.json.write_text(json.dumps({"settings": vars(args) | {"model": str(args.model), "content": str(args.content),

@@ -58,7 +58,7 @@ def before(model, rgb: np.ndarray, seed: int) -> tuple[np.ndarray, float]:
 @torch.inference_mode()
 def reverse_after(upscaler, rgb: np.ndarray) -> float:
     """The new reverse pass alone (bf16 parameter networks, channels_last), on cached conditions."""
-    from upscale_cli.flows.layers import set_param_net_dtype
+    from upscale_cli.flows.layers import param_nets_in
 
     model = upscaler.module
     lr = torch.from_numpy(rgb.transpose(2, 0, 1).copy())[None].contiguous(memory_format=torch.channels_last)
@@ -67,13 +67,10 @@ def reverse_after(upscaler, rgb: np.ndarray) -> float:
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=upscaler.precision == "bf16"):
         conds = [c.to(torch.bfloat16 if upscaler.precision == "bf16" else torch.float32)
                  .contiguous(memory_format=torch.channels_last) for c in model.features(lr)]
-    set_param_net_dtype(model.flow, torch.bfloat16 if upscaler.precision == "bf16" else None)
-    try:
+    with param_nets_in(model.flow, upscaler.precision):
         start = time.perf_counter()
         model.decode(noise, conds)
         return time.perf_counter() - start
-    finally:
-        set_param_net_dtype(model.flow, None)
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:

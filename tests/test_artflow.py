@@ -133,6 +133,41 @@ def test_an_image_in_one_tile_is_projected_once_and_auto_tiles_are_large_on_a_cp
     assert CPU_LARGEST_AUTO_TILE < upscaler.choose_tile("auto", 2048, 900) <= 1024
 
 
+def test_in_bf16_the_coupling_networks_run_in_bf16_and_the_result_stays_close(tmp_path, monkeypatch) -> None:
+    """bf16 changes the stylisation only by the coupling networks' rounding; a latent from a bf16 statistics
+    pass is not reused by a transfer pass in fp32 (the tiler's redo of a non-finite tile)."""
+    from dataclasses import asdict
+
+    import numpy as np
+
+    import upscale_cli.engine as engine
+    from upscale_cli.archs.base import RunOptions
+    from upscale_cli.checkpoint import CheckpointInfo, save_checkpoint
+    from upscale_cli.tiler import IMAGE, TileInput, make_windows
+
+    flow = model(flows=1)
+    path = tmp_path / "style_x1.safetensors"
+    save_checkpoint(path, flow, CheckpointInfo("artflow", 1, asdict(flow.config), name="style_x1"))
+    content, style = images(6)
+    rgb = np.ascontiguousarray(content[0].permute(1, 2, 0).numpy())
+    options = RunOptions(extras={"style": style})
+    outputs = {precision: engine.load_upscaler(str(path), device="cpu", precision=precision)
+               .upscale(rgb, 48, 40, "none", options=options) for precision in ("fp32", "bf16")}
+    difference = np.abs(outputs["bf16"] - outputs["fp32"])
+    assert difference.max() > 0  # bf16 really ran
+    assert psnr(torch.from_numpy(outputs["bf16"]) * 255, torch.from_numpy(outputs["fp32"]) * 255) >= 40
+
+    runner = engine.load_upscaler(str(path), device="cpu", precision="bf16")._runner(options)
+    state = runner.apply_statistics(runner.prepare({"style": TileInput(style, None)}, None),
+                                    {name: value[0].double() for name, value in
+                                     runner.reduce_tile({IMAGE: content}, {}, make_windows(40, 48, None, 0), "bf16").items()})
+    projections = []
+    original = ArtFlow.project
+    monkeypatch.setattr(ArtFlow, "project", lambda self, image: projections.append(image.shape) or original(self, image))
+    runner.run_tile({IMAGE: content}, state, make_windows(40, 48, None, 0), "fp32")
+    assert len(projections) == 1  # projected again in fp32, not the bf16 latent reused
+
+
 def test_a_style_image_is_given_on_the_command_line(tmp_path) -> None:
     from dataclasses import asdict
 

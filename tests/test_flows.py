@@ -24,6 +24,7 @@ from upscale_cli.flows import (
     FlowStep,
     InvertibleConv1x1,
     InvertibleLayer,
+    LayerParamNet,
     LUInvertibleConv1x1,
     MultiScaleFlow,
     ParamNet,
@@ -31,6 +32,7 @@ from upscale_cli.flows import (
     Squeeze,
     ZeroConv2d,
     param_net,
+    param_nets_in,
     set_param_net_dtype,
     standard_normal_log_prob,
     transition_step,
@@ -357,9 +359,15 @@ def test_condition_is_required_where_declared() -> None:
         ConditionalAffineCoupling(C, 0, 8)(x, cond)
 
 
+def layer_param_net() -> LayerParamNet:
+    """A parameter network given as layers, as ArtFlow builds its couplings' networks."""
+    return LayerParamNet(nn.Conv2d(C, 8, 3, padding=1), nn.ReLU(), ZeroConv2d(8, 6))
+
+
 @torch.no_grad()
-def test_param_nets_run_in_bf16_on_request_and_return_the_flows_dtype() -> None:
-    net = ParamNet(C, 6, 8)
+@pytest.mark.parametrize("make_net", [lambda: ParamNet(C, 6, 8), layer_param_net], ids=["ParamNet", "LayerParamNet"])
+def test_param_nets_run_in_bf16_on_request_and_return_the_flows_dtype(make_net: Callable[[], nn.Module]) -> None:
+    net = make_net()
     perturb(net, scale=0.2)
     x = torch.randn(2, C, 8, 8, generator=torch.Generator().manual_seed(4))
     reference = net(x)
@@ -370,3 +378,15 @@ def test_param_nets_run_in_bf16_on_request_and_return_the_flows_dtype() -> None:
     assert (low - reference).abs().max() <= 0.02 * reference.abs().max()  # bf16 keeps about 3 digits
     set_param_net_dtype(net, None)
     assert torch.equal(net(x), reference)
+    with param_nets_in(net, "bf16"):
+        assert torch.equal(net(x), low)
+    with param_nets_in(net, "fp16"):  # flows offer no fp16: the flow's own dtype
+        assert torch.equal(net(x), reference)
+    with pytest.raises(RuntimeError), param_nets_in(net, "bf16"):
+        raise RuntimeError("a failed tile")
+    assert torch.equal(net(x), reference)  # back in fp32 after a failure too
+
+
+def test_a_layer_param_net_keeps_the_names_of_the_sequential_it_replaces() -> None:
+    layers = [nn.Conv2d(C, 8, 3, padding=1), nn.ReLU(), ZeroConv2d(8, 6)]
+    assert list(LayerParamNet(*layers).state_dict()) == list(nn.Sequential(*layers).state_dict())

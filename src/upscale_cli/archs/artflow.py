@@ -13,8 +13,13 @@ from the shared flow library (`upscale_cli.flows`).
   image and the content's from the whole content image, so that a tiled run (two passes: statistics,
   then transfer) equals an untiled one.
 
-The flow runs in fp32 whatever the precision asked for: the transfer only makes sense if the inverse is
-exact. Images are RGB in [0, 1]; sides are padded to multiples of 4 (reflection) and cropped back.
+The flow's own arithmetic (ActNorm, the 1x1 convolutions, the additions of the couplings) runs in fp32
+whatever the precision asked for. In bf16 the coupling networks, which hold nearly all the compute, run
+in bf16 (`flows.param_nets_in`): an additive coupling's inverse subtracts what its network gives for the
+same input, so the flow stays a bijection, and outputs agree with fp32 ones to about 72 dB
+(benchmarks/NOTES.md). The runner keeps the networks and tiles channels_last, which oneDNN's convolutions
+run faster in either precision. Images are RGB in [0, 1]; sides are padded to multiples of 4 (reflection)
+and cropped back.
 
 The authors' `glow.pth` files (pkuanjie/ArtFlow; `official_checkpoints.md` section 4) are read by
 `recognise`: the same flow, with ActNorm's linear scale stored as its log here (a scale that is not
@@ -36,8 +41,8 @@ from torch import nn
 from upscale_cli.archs.base import (IMAGE_TO_IMAGE, WHOLE, ExtraInput, ModelDescriptor, Recognised, RunOptions,
                                    SizeRequirements, unexpected_tensors)
 from upscale_cli.archs.catalog import TRANSFER_METHODS
-from upscale_cli.flows import (ActNorm, AdditiveCoupling, FlowLevel, FlowSequence, LUInvertibleConv1x1, MultiScaleFlow,
-                               ZeroConv2d)
+from upscale_cli.flows import (ActNorm, AdditiveCoupling, FlowLevel, FlowSequence, LayerParamNet, LUInvertibleConv1x1,
+                               MultiScaleFlow, ZeroConv2d, param_nets_in)
 from upscale_cli.tiler import IMAGE, Inputs, Tiles, Window, pad_to_multiple, region_of
 
 TRANSFERS = TRANSFER_METHODS
@@ -74,7 +79,7 @@ def coupling_net(hidden: int):
         for conv in (first, second):
             nn.init.normal_(conv.weight, 0.0, HIDDEN_INIT_STD)
             nn.init.zeros_(conv.bias)
-        return nn.Sequential(first, nn.ReLU(), second, nn.ReLU(), ZeroConv2d(hidden, out_channels, pad_value=1.0))
+        return LayerParamNet(first, nn.ReLU(), second, nn.ReLU(), ZeroConv2d(hidden, out_channels, pad_value=1.0))
 
     return build
 
@@ -176,33 +181,40 @@ class ArtFlow(nn.Module):
 
 class ArtFlowRunner:
     """Two tiled passes: the content latent's statistics over the whole image (`reduce_tile`), then the
-    transfer and the reverse flow per tile; the style's statistics are computed once in `prepare`."""
+    transfer and the reverse flow per tile; the style's statistics are computed once in `prepare`. The
+    coupling networks run in bf16 when the pass's precision is bf16."""
 
     scale = 1
 
     def __init__(self, model: ArtFlow, device: torch.device, precision: str, strength: float = 1.0) -> None:
-        self.model = model.eval().requires_grad_(False).to(device)
+        self.model = model.eval().requires_grad_(False).to(device, memory_format=torch.channels_last)
         self.device = device
+        self.precision = precision
         self.strength = strength
         self.factor = 1 / model.config.multiple
-        self.last_projection: tuple[torch.Tensor, torch.Tensor] | None = None  # (tiles, latent) of the last reduce
+        # (tiles, precision, latent) of the last statistics pass
+        self.last_projection: tuple[torch.Tensor, str, torch.Tensor] | None = None
 
-    def _project(self, tiles: torch.Tensor) -> torch.Tensor:
-        """The latent of `tiles`, reusing the statistics pass's when these are its tiles: an image that fits
-        one tile is projected once, not twice (the flow's forward is half the cost of a run)."""
+    def _project(self, tiles: torch.Tensor, precision: str) -> torch.Tensor:
+        """The latent of `tiles`, reusing the statistics pass's when these are its tiles in the same precision:
+        an image that fits one tile is projected once, not twice (the flow's forward is half the cost of a run)."""
         if self.last_projection is not None and self.last_projection[0].shape == tiles.shape:
-            seen, latent = self.last_projection
+            seen, seen_precision, latent = self.last_projection
             self.last_projection = None
-            if torch.equal(seen, tiles):
+            if seen_precision == precision and torch.equal(seen, tiles):
                 return latent
-        return self.model.project(tiles.to(self.device))
+        return self.model.project(tiles.to(self.device, memory_format=torch.channels_last))
 
     def prepare(self, inputs: Inputs, max_pixels: int | None) -> dict:
-        return {"style": self.model.image_statistics(inputs["style"].tensor.to(self.device))}
+        """The style's latent statistics, from the whole painting (as costly as a content of its size)."""
+        with param_nets_in(self.model.pfn, self.precision):
+            style = inputs["style"].tensor.to(self.device, memory_format=torch.channels_last)
+            return {"style": self.model.image_statistics(style)}
 
     def reduce_tile(self, tiles: Tiles, state: object, windows: list[Window], precision: str) -> dict[str, torch.Tensor]:
-        latent = self.model.project(tiles[IMAGE].to(self.device))
-        self.last_projection = (tiles[IMAGE], latent)
+        with param_nets_in(self.model.pfn, precision):
+            latent = self._project(tiles[IMAGE], precision)
+        self.last_projection = (tiles[IMAGE], precision, latent)
         per_window = []
         for index, window in enumerate(windows):
             rows, cols = region_of(window, self.factor)
@@ -218,12 +230,13 @@ class ArtFlowRunner:
     @torch.inference_mode()
     def run_tile(self, tiles: Tiles, state: object, windows: list[Window], precision: str) -> torch.Tensor:
         assert isinstance(state, dict) and "content" in state, "run the statistics pass first"
-        latent = self._project(tiles[IMAGE])
-        batch = latent.shape[0]
-        expand = lambda stats: {k: v.expand(batch, *v.shape[1:]) for k, v in stats.items()}  # noqa: E731
-        moved = self.model.transfer(latent, expand(state["content"]), expand(state["style"]))
-        blended = latent + self.strength * (moved - latent)  # strength 0: the content itself, 1: the full transfer
-        return self.model.revert(blended).float().cpu()
+        with param_nets_in(self.model.pfn, precision):
+            latent = self._project(tiles[IMAGE], precision)
+            batch = latent.shape[0]
+            expand = lambda stats: {k: v.expand(batch, *v.shape[1:]) for k, v in stats.items()}  # noqa: E731
+            moved = self.model.transfer(latent, expand(state["content"]), expand(state["style"]))
+            blended = latent + self.strength * (moved - latent)  # strength 0: the content itself, 1: the full transfer
+            return self.model.revert(blended).float().cpu().contiguous()
 
 
 def read_style(path: str) -> torch.Tensor:
@@ -343,7 +356,7 @@ DESCRIPTOR = ModelDescriptor(
     extra_inputs=(ExtraInput("style", 3, WHOLE, "the style image (RGB, any size)",
                              load=lambda value, height, width: read_style(value)),),
     size=SizeRequirements(multiple=4),
-    bf16=False,
+    # bf16: the coupling networks in bf16, the flow's arithmetic in fp32 (the module docstring). fp16 is not offered.
     fp16=False,
     tile_overlap=64,
     # Two passes over every tile (statistics, then transfer) with 64 px overlaps: fewer, larger tiles pay, and an

@@ -66,7 +66,7 @@ from upscale_cli.flows import (
     FlowLevel,
     FlowStep,
     MultiScaleFlow,
-    set_param_net_dtype,
+    param_nets_in,
     standard_normal_log_prob,
     transition_step,
 )
@@ -418,11 +418,8 @@ class SRFlowRunner:
                  for latent, f in zip(state, self.factors)]
         lr = tiles[IMAGE]
         conds = self.conditions.get((tuple(windows), precision), lr, self.model, lambda: self._features(lr, precision))
-        set_param_net_dtype(self.model.flow, torch.bfloat16 if precision == "bf16" else None)
-        try:
+        with param_nets_in(self.model.flow, precision):
             hr, _ = self.model.decode(noise, conds)
-        finally:
-            set_param_net_dtype(self.model.flow, None)
         hr = hr.float()
         hr = sanitize(hr) if precision == "fp32" else hr.clamp(0.0, 1.0)
         return hr.cpu().contiguous()

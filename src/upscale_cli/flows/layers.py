@@ -12,8 +12,9 @@ Protocol (every layer derives from `InvertibleLayer`):
 
 The layers do not touch autocast: callers run flows in fp32 (`torch.autocast(..., enabled=False)`),
 because the reverse direction divides by scales down to 1e-4 and amplifies rounding errors. Only the
-parameter networks may run in bf16 (`set_param_net_dtype`): they hold most of the compute, and their
-outputs are deterministic functions of values both directions share.
+parameter networks (`ParamNet`, `LayerParamNet`) may run in bf16 (`set_param_net_dtype`,
+`param_nets_in`): they hold most of the compute, and their outputs are deterministic functions of values
+both directions share.
 
 `Split` keeps the protocol too: its encode output has the input's shape, the kept channels z1 followed
 by the factored-out channels already standardised by the learned prior (eps), and its reverse takes
@@ -31,9 +32,10 @@ takes the scale function (SRFlow's bounded sigmoid by default).
 
 from __future__ import annotations
 
+import contextlib
 import math
 from abc import ABC, abstractmethod
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -293,10 +295,7 @@ class ParamNet(nn.Module):
             nn.init.normal_(conv.weight, 0.0, HIDDEN_INIT_STD)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.compute_dtype is None:
-            return self._layers(x)
-        with torch.autocast(x.device.type, dtype=self.compute_dtype):
-            return self._layers(x)  # float32: the output scale's exp(3 * logs) promotes it
+        return _in_compute_dtype(self.compute_dtype, self._layers, x)
 
     def _layers(self, x: torch.Tensor) -> torch.Tensor:
         h = F.relu(self.norm1(self.conv1(x))[0])
@@ -309,11 +308,42 @@ def net_input_dtype(net: nn.Module, like: torch.Tensor) -> torch.dtype:
     return getattr(net, "compute_dtype", None) or like.dtype
 
 
+class LayerParamNet(nn.Sequential):
+    """A parameter network given as a sequence of layers (ArtFlow's), with ParamNet's run-time
+    `compute_dtype`; its state-dict names are those of the nn.Sequential it replaces."""
+
+    compute_dtype: torch.dtype | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _in_compute_dtype(self.compute_dtype, super().forward, x)
+
+
+def _in_compute_dtype(dtype: torch.dtype | None, layers: Callable[[torch.Tensor], torch.Tensor],
+                      x: torch.Tensor) -> torch.Tensor:
+    """`layers(x)`, under autocast in `dtype` unless it is None. The output is float32 where its last layer
+    promotes it (ZeroConv2d's exp(3 * logs) scale); couplings cast it to the flow's dtype either way."""
+    if dtype is None:
+        return layers(x)
+    with torch.autocast(x.device.type, dtype=dtype):
+        return layers(x)
+
+
 def set_param_net_dtype(module: nn.Module, dtype: torch.dtype | None) -> None:
-    """Run every ParamNet inside `module` in `dtype` (None: the flow's own dtype, usually fp32)."""
+    """Run every parameter network inside `module` in `dtype` (None: the flow's own dtype, usually fp32)."""
     for child in module.modules():
-        if isinstance(child, ParamNet):
+        if isinstance(child, (ParamNet, LayerParamNet)):
             child.compute_dtype = dtype
+
+
+@contextlib.contextmanager
+def param_nets_in(module: nn.Module, precision: str) -> Iterator[None]:
+    """Within the block, `module`'s parameter networks run in bf16 if `precision` is "bf16" (any other
+    precision keeps the flow's dtype: flows offer no fp16); afterwards in the flow's dtype again."""
+    set_param_net_dtype(module, torch.bfloat16 if precision == "bf16" else None)
+    try:
+        yield
+    finally:
+        set_param_net_dtype(module, None)
 
 
 class AffineInjector(InvertibleLayer):
