@@ -96,9 +96,9 @@ def test_tiled_stylisation_equals_untiled(tmp_path) -> None:
     np.testing.assert_allclose(tiled, whole, atol=1e-4, rtol=0)
 
 
-def test_an_image_in_one_tile_is_projected_once_and_auto_tiles_are_large_on_a_cpu(tmp_path, monkeypatch) -> None:
-    """The statistics pass's latent is reused when the transfer pass runs the same tile (#26: a third of
-    the work of a whole image); tiles of other contents are projected afresh."""
+def test_each_tile_is_projected_once_across_both_passes_and_auto_tiles_are_large_on_a_cpu(tmp_path, monkeypatch) -> None:
+    """The statistics pass's latents are kept for the transfer pass, which reads the same windows (#26: a third
+    of the work); without room to keep them, every tile is projected in both passes, with the same result."""
     from dataclasses import asdict
 
     import numpy as np
@@ -106,6 +106,7 @@ def test_an_image_in_one_tile_is_projected_once_and_auto_tiles_are_large_on_a_cp
     import upscale_cli.engine as engine
     from upscale_cli.archs.base import RunOptions
     from upscale_cli.checkpoint import CheckpointInfo, save_checkpoint
+    import upscale_cli.tiler as tiler
     from upscale_cli.cpu import CPU_LARGEST_AUTO_TILE
 
     flow = model(flows=1)
@@ -124,10 +125,16 @@ def test_an_image_in_one_tile_is_projected_once_and_auto_tiles_are_large_on_a_cp
     with torch.no_grad():
         expected = flow(content, style)[0].permute(1, 2, 0).numpy()
     np.testing.assert_allclose(whole, expected, atol=1e-4, rtol=0)
+    windows = len(tiler.make_windows(40, 36, 16, overlap=4, align=4))
+    assert windows >= 4
     projections.clear()
-    upscaler.upscale(rgb, 36, 40, "16", options=options)
-    tiles = len(projections) - 1
-    assert tiles >= 4 and tiles % 2 == 0  # several tiles: each projected in both passes, none reused wrongly
+    kept = upscaler.upscale(rgb, 36, 40, "16", options=options)
+    assert len(projections) == 1 + windows  # the style, then each tile once
+    monkeypatch.setattr(tiler, "WINDOW_CACHE_BYTES", 0)
+    projections.clear()
+    again = upscaler.upscale(rgb, 36, 40, "16", options=options)
+    assert len(projections) == 1 + 2 * windows
+    np.testing.assert_array_equal(kept, again)
     monkeypatch.setattr(engine, "available_memory", lambda device: 2**40)
     assert upscaler.choose_tile("auto", 1024, 1000) is None  # whole, where other models get cache-sized tiles
     assert CPU_LARGEST_AUTO_TILE < upscaler.choose_tile("auto", 2048, 900) <= 1024

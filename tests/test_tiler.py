@@ -14,10 +14,13 @@ from upscale_cli.tiler import (
     Prepared,
     TileSpec,
     Window,
+    WindowCache,
     auto_tile_size,
     available_memory,
     is_out_of_memory,
     make_windows,
+    partition_spans,
+    region_of,
     tile_spans,
     upscale_tiled,
 )
@@ -160,6 +163,79 @@ def test_tile_spans_properties() -> None:
             assert not strides or max(strides) - min(strides) <= 1  # evenly spread
             if len(spans) > 1:
                 assert len({end - start for start, end in spans}) == 1
+
+
+def test_partition_spans_cuts_overlapping_spans_into_pieces_inside_them() -> None:
+    for length, tile, align in itertools.product(range(4, 130, 7), range(8, 70, 9), (1, 2, 4)):
+        for overlap in range(0, tile // align * align - align + 1, 5):
+            spans = tile_spans(length, tile, overlap, align)
+            pieces = partition_spans(spans, align)
+            assert len(pieces) == len(spans)
+            assert pieces[0][0] == 0 and pieces[-1][1] == length
+            assert all(a[1] == b[0] for a, b in zip(pieces, pieces[1:]))  # a partition: no gap, no overlap
+            assert all(s0 <= p0 <= p1 <= s1 for (p0, p1), (s0, s1) in zip(pieces, spans))
+            assert all(p0 % align == 0 for p0, _ in pieces)
+
+
+class ReducingRecorder:
+    """A reducing runner (per-channel sums of the input) that records the input windows of both passes."""
+
+    scale = 1
+
+    def __init__(self) -> None:
+        self.reduced: list[Window] = []
+        self.rendered: list[Window] = []
+
+    def prepare(self, inputs, max_pixels: int | None) -> object:
+        return None
+
+    def reduce_tile(self, tiles, state, windows, precision):
+        self.reduced += windows
+        return {"sum": torch.stack([tiles[IMAGE][i, :, rows, cols].sum(dim=(1, 2))
+                                    for i, (rows, cols) in enumerate(region_of(w) for w in windows)])}
+
+    def apply_statistics(self, state, totals):
+        return totals["sum"].float()
+
+    def run_tile(self, tiles, state, windows, precision):
+        self.rendered += windows
+        return tiles[IMAGE] - state[None, :, None, None]
+
+
+def test_the_statistics_pass_reads_the_second_passs_windows_and_sums_each_pixel_once() -> None:
+    image = torch.rand(1, 3, 45, 38, generator=torch.Generator().manual_seed(3))
+    runner = ReducingRecorder()
+    out = upscale_tiled(runner, image, TileSpec(tile=16, overlap=3))
+    boxes = lambda windows: [(w.in_top, w.in_left, w.in_height, w.in_width) for w in windows]  # noqa: E731
+    assert len(runner.rendered) > 4 and sorted(boxes(runner.reduced)) == sorted(boxes(runner.rendered))
+    torch.testing.assert_close(out, image - image.sum(dim=(2, 3), keepdim=True), atol=1e-3, rtol=0)  # fp32 sums of ~860
+
+
+def test_a_window_cache_gives_back_what_it_kept_for_the_same_tile_once_within_its_budget(monkeypatch) -> None:
+    import upscale_cli.tiler as tiler
+
+    windows = make_windows(20, 20, 12, overlap=2)[:2]
+    tiles, values = torch.rand(2, 3, 14, 14), torch.rand(2, 5, 7, 7)
+    computed: list[int] = []
+
+    def compute(batch: torch.Tensor) -> torch.Tensor:
+        computed.append(batch.shape[0])
+        return torch.full((batch.shape[0], 5, 7, 7), -1.0)
+
+    cache = WindowCache()
+    cache.reset(torch.device("cpu"))
+    cache.keep(tiles, windows, "bf16", values)
+    changed = tiles.clone()
+    changed[1, 0, 0, 0] += 1
+    got = cache.take(changed, windows, "bf16", compute)
+    assert torch.equal(got[0], values[0]) and torch.equal(got[1], torch.full((5, 7, 7), -1.0)) and computed == [1]
+    assert torch.equal(cache.take(tiles, windows, "bf16", compute), torch.full((2, 5, 7, 7), -1.0))  # used once
+    cache.keep(tiles, windows, "bf16", values)
+    assert torch.equal(cache.take(tiles, windows, "fp32", compute), torch.full((2, 5, 7, 7), -1.0))  # another key
+    monkeypatch.setattr(tiler, "WINDOW_CACHE_BYTES", tiles.numel() * 4 + values.numel() * 4 - 1)
+    cache.reset(torch.device("cpu"))
+    cache.keep(tiles, windows, "bf16", values)
+    assert not cache.entries  # one byte short of the batch: nothing kept
 
 
 def test_tile_spans_single_and_invalid() -> None:

@@ -12,7 +12,9 @@ handed over as they are. One `TileSpec` says how to tile.
 Per-image work runs before the tiles, inside the out-of-memory back-off: `runner.prepare` (a
 representation of the whole image, a noise field), and for runners with `reduce_tile` a first tiled
 pass over disjoint regions whose statistics (sums, counts, covariances) are added up in float64 and
-handed to `runner.apply_statistics`, so that a model needing image-wide statistics stays exact.
+handed to `runner.apply_statistics`, so that a model needing image-wide statistics stays exact. That
+pass reads the second pass's input windows (each region a piece of one tile's region, `partition_spans`),
+so a runner may keep what it computed on a window for the second pass.
 
 `TileSpec.align` (default 1) makes every region and input-window boundary a multiple of `align` input
 pixels, except boundaries at the image end; models with a latent grid coarser than the input need it.
@@ -22,6 +24,7 @@ The image (and every spatial input) is padded by reflection to a multiple of `al
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from dataclasses import dataclass
@@ -124,6 +127,52 @@ class ReducingRunner(TileRunner, Protocol):
         ...
 
 
+WINDOW_CACHE_BYTES = 1 << 30  # the most a WindowCache keeps per image (and at most a quarter of free memory)
+
+
+class WindowCache:
+    """What a reducing runner computed on its statistics pass's windows (a flow's latents), kept for its second
+    pass, which reads the same input windows: at most a budget of bytes per image, each value used once, and
+    only for a tile equal to the one it was computed from (a state `prepared` on another image misses)."""
+
+    def __init__(self) -> None:
+        self.entries: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.room = 0
+
+    def reset(self, device: torch.device) -> None:
+        """Forget everything and set the budget for a new image (a runner's `prepare`)."""
+        self.entries.clear()
+        self.room = min(WINDOW_CACHE_BYTES, available_memory(device) // 4)
+
+    def keep(self, tiles: torch.Tensor, windows: list[Window], key: object, values: torch.Tensor) -> None:
+        """Keep `values[i]`, computed from `tiles[i]` of `windows[i]`, if the whole batch fits what is left."""
+        size = tiles.numel() * tiles.element_size() + values.numel() * values.element_size()
+        if size > self.room:
+            return
+        self.room -= size
+        for index, window in enumerate(windows):
+            self.entries[_window_key(window, key)] = (tiles[index : index + 1], values[index : index + 1])
+
+    def take(self, tiles: torch.Tensor, windows: list[Window], key: object,
+             compute: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """The values of every window of the batch: the kept ones where the tile is the same, the others from
+        `compute(the tiles that missed)`, one batch."""
+        found: list[torch.Tensor | None] = []
+        for index, window in enumerate(windows):
+            seen, values = self.entries.pop(_window_key(window, key), (None, None))
+            found.append(values if seen is not None and torch.equal(seen, tiles[index : index + 1]) else None)
+        missing = [index for index, values in enumerate(found) if values is None]
+        if missing:
+            fresh = compute(tiles if len(missing) == len(windows) else tiles[missing])
+            for position, index in enumerate(missing):
+                found[index] = fresh[position : position + 1]
+        return torch.cat(found) if len(found) > 1 else found[0]  # type: ignore[arg-type]
+
+
+def _window_key(window: Window, key: object) -> tuple:
+    return window.in_top, window.in_left, window.in_height, window.in_width, key
+
+
 def region_of(window: Window, factor: float = 1.0) -> tuple[slice, slice]:
     """Where a window's own region lies inside its input window, on a grid `factor` times the input's."""
     top, left = round((window.top - window.in_top) * factor), round((window.left - window.in_left) * factor)
@@ -167,6 +216,15 @@ def disjoint_spans(length: int, tile: int, align: int = 1) -> list[Span]:
     return [(start, end) for start, end in zip(bounds, bounds[1:]) if end > start]
 
 
+def partition_spans(spans: list[Span], align: int = 1) -> list[Span]:
+    """One piece inside each of the overlapping `spans` (in order, covering [0, end)), cut halfway through each
+    overlap (rounded down to a multiple of `align`): the pieces partition what the spans cover; a piece may be
+    empty where three spans overlap."""
+    cuts = [(start + end) // 2 // align * align for (_, end), (start, _) in zip(spans, spans[1:])]
+    bounds = [spans[0][0], *cuts, spans[-1][1]]
+    return list(zip(bounds, bounds[1:]))
+
+
 def make_windows(height: int, width: int, tile: int | None, overlap: int, align: int = 1) -> list[Window]:
     """All tiles of a height x width image in row-major order; `tile` None gives one window for the whole image."""
     rows, cols = _grid(height, width, tile, overlap, align)
@@ -202,7 +260,7 @@ def upscale_tiled(
     with torch.no_grad():
         engine = _Engine(runner, inputs, None, spec, precision, warn)
         if prepared is None:
-            prepared = engine.image_state(on_tile, len(rows) * len(cols))
+            prepared = engine.image_state(on_tile, rows, cols)
         engine.state = prepared.state
         if sink is not None:
             engine.render(rows, cols, on_tile, _cropping(sink, out_height, out_width))
@@ -237,8 +295,10 @@ def image_state(runner: TileRunner, image: torch.Tensor, spec: TileSpec = TileSp
                 warn: Callable[[str], None] | None = None) -> Prepared:
     """What `upscale_tiled` computes before its tiles: `prepare`, and a reducing runner's statistics pass."""
     _check_arguments(image, spec, precision)
+    inputs = _padded_inputs(image, extras, spec)
+    rows, cols = _grid(*inputs[IMAGE].tensor.shape[-2:], spec.tile, spec.overlap, spec.align)
     with torch.no_grad():
-        return _Engine(runner, _padded_inputs(image, extras, spec), None, spec, precision, warn).image_state(None, 0)
+        return _Engine(runner, inputs, None, spec, precision, warn).image_state(None, rows, cols)
 
 
 def _padded_inputs(image: torch.Tensor, extras: Mapping[str, TileInput] | None, spec: TileSpec) -> dict[str, TileInput]:
@@ -480,21 +540,26 @@ class _Engine:
         self.on_tile: Callable[[int, int], None] | None = None
 
     # ----- the passes ----------------------------------------------------------------------------
-    def image_state(self, on_tile: Callable[[int, int], None] | None, render_tiles: int) -> Prepared:
-        """`prepare` inside the back-off, then for a reducing runner the statistics pass."""
+    def image_state(self, on_tile: Callable[[int, int], None] | None, rows: list[Span], cols: list[Span]) -> Prepared:
+        """`prepare` inside the back-off, then for a reducing runner the statistics pass over the tiling
+        `rows` x `cols` of the second pass."""
         state = prepare_with_backoff(self.runner, self.inputs, self.warn)
         if hasattr(self.runner, "reduce_tile"):
             self.state = state
-            state = self.runner.apply_statistics(state, self.reduce(on_tile, render_tiles))  # type: ignore[attr-defined]
+            state = self.runner.apply_statistics(state, self.reduce(on_tile, rows, cols))  # type: ignore[attr-defined]
         return Prepared(state)
 
-    def reduce(self, on_tile: Callable[[int, int], None] | None, render_tiles: int) -> dict[str, torch.Tensor]:
-        """The first pass of a reducing runner: statistics summed over disjoint regions, in float64
-        (progress counts the `render_tiles` of the second pass too)."""
+    def reduce(self, on_tile: Callable[[int, int], None] | None, rows: list[Span], cols: list[Span]) -> dict[str, torch.Tensor]:
+        """The first pass of a reducing runner: statistics summed in float64 over disjoint regions, each a piece of
+        one second-pass tile's region read through that tile's input window (progress counts both passes)."""
         spec = self.spec
-        rows, cols = self._disjoint(0, self.height), self._disjoint(0, self.width)
-        windows = [_window(row, col, spec.overlap, self.height, self.width, spec.align) for row in rows for col in cols]
-        self._start_progress(on_tile, len(windows) + render_tiles)
+        windows = [dataclasses.replace(_window(row, col, spec.overlap, self.height, self.width, spec.align),
+                                       top=piece_rows[0], height=piece_rows[1] - piece_rows[0],
+                                       left=piece_cols[0], width=piece_cols[1] - piece_cols[0])
+                   for row, piece_rows in zip(rows, partition_spans(rows, spec.align))
+                   for col, piece_cols in zip(cols, partition_spans(cols, spec.align))
+                   if piece_rows[1] > piece_rows[0] and piece_cols[1] > piece_cols[0]]
+        self._start_progress(on_tile, len(windows) + len(rows) * len(cols))
         totals: dict[str, torch.Tensor] = {}
         for chunk in _batches(windows, spec.batch):
             for statistics in self._outputs(chunk, self._reduce_run, self._split_sum):

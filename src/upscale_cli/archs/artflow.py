@@ -43,7 +43,7 @@ from upscale_cli.archs.base import (IMAGE_TO_IMAGE, WHOLE, ExtraInput, ModelDesc
 from upscale_cli.archs.catalog import TRANSFER_METHODS
 from upscale_cli.flows import (ActNorm, AdditiveCoupling, FlowLevel, FlowSequence, LayerParamNet, LUInvertibleConv1x1,
                                MultiScaleFlow, ZeroConv2d, param_nets_in)
-from upscale_cli.tiler import IMAGE, Inputs, Tiles, Window, pad_to_multiple, region_of
+from upscale_cli.tiler import IMAGE, Inputs, Tiles, Window, WindowCache, pad_to_multiple, region_of
 
 TRANSFERS = TRANSFER_METHODS
 EIGENVALUE_FLOOR = 1e-5
@@ -182,7 +182,9 @@ class ArtFlow(nn.Module):
 class ArtFlowRunner:
     """Two tiled passes: the content latent's statistics over the whole image (`reduce_tile`), then the
     transfer and the reverse flow per tile; the style's statistics are computed once in `prepare`. The
-    coupling networks run in bf16 when the pass's precision is bf16."""
+    statistics pass's latents are kept for the transfer pass (`WindowCache`), so each tile is projected once
+    (the flow's forward is half the cost of a run). The coupling networks run in bf16 when the pass's
+    precision is bf16."""
 
     scale = 1
 
@@ -192,29 +194,22 @@ class ArtFlowRunner:
         self.precision = precision
         self.strength = strength
         self.factor = 1 / model.config.multiple
-        # (tiles, precision, latent) of the last statistics pass
-        self.last_projection: tuple[torch.Tensor, str, torch.Tensor] | None = None
+        self.latents = WindowCache()  # keyed by precision too: an fp32 redo of a bf16 tile projects afresh
 
-    def _project(self, tiles: torch.Tensor, precision: str) -> torch.Tensor:
-        """The latent of `tiles`, reusing the statistics pass's when these are its tiles in the same precision:
-        an image that fits one tile is projected once, not twice (the flow's forward is half the cost of a run)."""
-        if self.last_projection is not None and self.last_projection[0].shape == tiles.shape:
-            seen, seen_precision, latent = self.last_projection
-            self.last_projection = None
-            if seen_precision == precision and torch.equal(seen, tiles):
-                return latent
+    def _project(self, tiles: torch.Tensor) -> torch.Tensor:
         return self.model.project(tiles.to(self.device, memory_format=torch.channels_last))
 
     def prepare(self, inputs: Inputs, max_pixels: int | None) -> dict:
         """The style's latent statistics, from the whole painting (as costly as a content of its size)."""
+        self.latents.reset(self.device)
         with param_nets_in(self.model.pfn, self.precision):
             style = inputs["style"].tensor.to(self.device, memory_format=torch.channels_last)
             return {"style": self.model.image_statistics(style)}
 
     def reduce_tile(self, tiles: Tiles, state: object, windows: list[Window], precision: str) -> dict[str, torch.Tensor]:
         with param_nets_in(self.model.pfn, precision):
-            latent = self._project(tiles[IMAGE], precision)
-        self.last_projection = (tiles[IMAGE], precision, latent)
+            latent = self._project(tiles[IMAGE])
+        self.latents.keep(tiles[IMAGE], windows, precision, latent)
         per_window = []
         for index, window in enumerate(windows):
             rows, cols = region_of(window, self.factor)
@@ -231,7 +226,7 @@ class ArtFlowRunner:
     def run_tile(self, tiles: Tiles, state: object, windows: list[Window], precision: str) -> torch.Tensor:
         assert isinstance(state, dict) and "content" in state, "run the statistics pass first"
         with param_nets_in(self.model.pfn, precision):
-            latent = self._project(tiles[IMAGE], precision)
+            latent = self.latents.take(tiles[IMAGE], windows, precision, self._project)
             batch = latent.shape[0]
             expand = lambda stats: {k: v.expand(batch, *v.shape[1:]) for k, v in stats.items()}  # noqa: E731
             moved = self.model.transfer(latent, expand(state["content"]), expand(state["style"]))
@@ -359,8 +354,8 @@ DESCRIPTOR = ModelDescriptor(
     # bf16: the coupling networks in bf16, the flow's arithmetic in fp32 (the module docstring). fp16 is not offered.
     fp16=False,
     tile_overlap=64,
-    # Two passes over every tile (statistics, then transfer) with 64 px overlaps: fewer, larger tiles pay, and an
-    # image in one tile is projected once (928 x 1024 photo, 2 AMD EPYC cores: 512 px tiles 20.1 s, whole 12.9 s).
+    # 64 px overlaps on every side: fewer, larger tiles pay (928 x 1024 photo, 2 AMD EPYC cores, fp32, before the
+    # latents were kept between the passes: 512 px tiles 20.1 s, whole 12.9 s).
     cpu_auto_tile=1024,
     make_runner=make_runner,
     initialize=initialize_from,
